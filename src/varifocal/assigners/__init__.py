@@ -1,0 +1,5 @@
+"""Label assignment (spec §3.2)."""
+
+from .atss import AssignResult, ATSSAssigner
+
+__all__ = ["AssignResult", "ATSSAssigner"]

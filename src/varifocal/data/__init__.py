@@ -1,0 +1,36 @@
+"""Datasets (COCO JSON, PASCAL VOC XML), transforms, batch sampling and collation (spec §6.1)."""
+
+from .datasets import (
+    VOC_CLASSES,
+    CocoDetection,
+    DataError,
+    DetectionDataset,
+    ImageRecord,
+    VOCDetection,
+    load_image,
+    read_coco_json,
+    sample_seed,
+    validate_coco_dict,
+)
+from .sampler import AspectRatioGroupedBatchSampler, collate
+from .transforms import Compose, RandomHorizontalFlip, Resize, build_test_transforms, build_train_transforms
+
+__all__ = [
+    "DataError",
+    "ImageRecord",
+    "DetectionDataset",
+    "CocoDetection",
+    "VOCDetection",
+    "VOC_CLASSES",
+    "load_image",
+    "read_coco_json",
+    "validate_coco_dict",
+    "sample_seed",
+    "Compose",
+    "Resize",
+    "RandomHorizontalFlip",
+    "build_train_transforms",
+    "build_test_transforms",
+    "AspectRatioGroupedBatchSampler",
+    "collate",
+]

@@ -1,0 +1,5 @@
+"""Detectors (one file per family) and their builder functions."""
+
+from .vfnet import VFNet
+
+__all__ = ["VFNet"]

@@ -1,0 +1,765 @@
+"""Star-shaped deformable 3×3 convolution of the VFNet head (spec §2.2–2.3), fast on CPU.
+
+VFNet runs two deformable 3×3 convolutions (256→256, stride 1, padding 1, dilation 1, one
+deform group, no bias) per FPN level. Their nine taps sit on the "star" of the predicted box:
+with per-location distances (l, t, r, b) in feature-map cells, tap k = 3·ky + kx samples at
+
+    k0 (-t,-l)  k1 (-t, 0)  k2 (-t,+r)
+    k3 ( 0,-l)  k4 ( 0, 0)  k5 ( 0,+r)
+    k6 (+b,-l)  k7 (+b, 0)  k8 (+b,+r)        (dy, dx) relative to the location.
+
+Samples use bilinear interpolation with zero padding, as ``torchvision.ops.deform_conv2d`` does:
+each of a sample's 4 neighbours contributes only if it lies inside the map.
+
+Two implementations give the same numbers (to float rounding):
+
+* ``'torchvision'``: ``deform_conv2d(x, star_offsets(distances), weight, padding=1)``. This is
+  the generic op, and the one used on CUDA.
+* ``'fast'`` (CPU). The sampling is linear in x, and the star fixes its pattern. Per location
+  the star needs only 25 neighbour reads: 4 corner taps × 4 neighbours, 4 edge taps × 2
+  neighbours (they move along one axis only), and 1 read for the centre tap. These reads form
+  a sparse matrix ``S`` [9·HW, HW] with 25 non-zeros per location.
+  - Forward: the sampled columns are ``cols = S @ x_hwc`` [HW, 9·C] (an MKL CSR product through
+    ``torch.addmm``). Then ``out = cols @ W`` [9·C, O] is a dense GEMM with the same FLOPs as
+    the plain convolution. The work runs in chunks of ~3k locations, with reused scratch buffers
+    (see :func:`release_workspace`), so the 9·C-wide intermediate never exists whole. Touching a
+    fresh 140 MB buffer for the first time would alone cost about half a convolution.
+  - Backward: ``grad_cols = grad_out @ Wᵀ`` (GEMM), ``grad_x = Sᵀ @ grad_cols`` (sparse, with
+    Sᵀ built by one sort of the non-zeros), and ``grad_W = grad_outᵀ @ cols`` (GEMM, with the
+    columns recomputed per chunk). The distance gradient applies the analytic derivative of the
+    bilinear weights (torchvision's one-sided one) to ``<grad_cols, x[neighbour]>``, computed
+    with ``torch.sparse.sampled_addmm``.
+  - Threads: only the dense GEMMs use all intra-op threads; the rest runs on the calling
+    thread. This keeps the op robust on CPUs shared with other busy processes (see
+    ``_SERIAL_NON_GEMM``).
+
+``impl='auto'`` picks ``'fast'`` on CPU and ``'torchvision'`` on other devices, where the
+generic kernel is the faster one. ``'fast'`` on CUDA is untested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torchvision.ops import deform_conv2d
+
+__all__ = [
+    "star_offsets",
+    "star_deform_conv2d_reference",
+    "star_deform_conv2d",
+    "StarDeformConv2d",
+    "release_workspace",
+]
+
+# Non-zeros (neighbour reads) of each tap k = 0..8: corners 4, edge taps 2, centre 1.
+_TAP_NNZ = (4, 2, 4, 2, 1, 2, 4, 2, 4)
+_NNZ = sum(_TAP_NNZ)  # 25 per location
+_IMPLS = ("auto", "fast", "torchvision")
+# Elements of the per-chunk [L, 9·C] column buffer: L = 3072 locations at C = 256 (28 MB in
+# float32). Fewer, bigger GEMMs stand up better to CPU contention (fewer barriers); smaller
+# chunks were no faster on an idle machine once the buffers are reused.
+_CHUNK_ELEMS = 9 * 3072 * 256
+
+
+# --------------------------------------------------------------------------------------------
+# offsets and the reference implementation
+# --------------------------------------------------------------------------------------------
+def _check_distances(distances: Tensor, who: str) -> None:
+    if distances.dim() != 4 or distances.shape[1] != 4:
+        raise ValueError(
+            f"{who}: distances must be [N, 4, H, W] (l, t, r, b), got {tuple(distances.shape)}"
+        )
+
+
+def star_offsets(distances: Tensor) -> Tensor:
+    """Offsets of the star-shaped 3×3 deformable conv (spec §2.3).
+
+    Args:
+        distances: [N, 4, H, W] distances (l, t, r, b) from every location to the left, top,
+            right and bottom box edges, in feature-map cells, i.e. already divided by the
+            stride. Any real values are allowed: zero, negative, or reaching outside the map.
+
+    Returns:
+        [N, 18, H, W] offsets in the torchvision / mmcv layout. Channel 2k is Δy_k and channel
+        2k+1 is Δx_k for tap k = 3·ky + kx. Each offset is Δ = target − (ky−1, kx−1), so the
+        taps land on (−t,−l), (−t,0), (−t,r), (0,−l), (0,0), (0,r), (b,−l), (b,0), (b,r). The
+        result has the dtype and device of ``distances`` and is differentiable with respect to
+        them.
+
+    Raises:
+        ValueError: if ``distances`` is not [N, 4, H, W].
+    """
+    _check_distances(distances, "star_offsets")
+    l, t, r, b = distances.unbind(1)
+    top, bottom = 1 - t, b - 1  # Δy of rows ky = 0 and ky = 2
+    left, right = 1 - l, r - 1  # Δx of columns kx = 0 and kx = 2
+    zero = torch.zeros_like(l)
+    return torch.stack(
+        [
+            top, left, top, zero, top, right,
+            zero, left, zero, zero, zero, right,
+            bottom, left, bottom, zero, bottom, right,
+        ],
+        dim=1,
+    )
+
+
+def _check_inputs(x: Tensor, distances: Tensor, weight: Tensor, who: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{who}: x must be [N, C, H, W], got {tuple(x.shape)}")
+    _check_distances(distances, who)
+    n, c, h, w = x.shape
+    if distances.shape[0] != n or distances.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"{who}: distances {tuple(distances.shape)} do not match x {tuple(x.shape)} "
+            "(expected [N, 4, H, W] with the same N, H, W)"
+        )
+    if weight.dim() != 4 or weight.shape[1] != c or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(
+            f"{who}: weight must be [O, {c}, 3, 3] for x with {c} channels, "
+            f"got {tuple(weight.shape)}"
+        )
+    if not (x.device == distances.device == weight.device):
+        raise ValueError(
+            f"{who}: x, distances and weight must be on one device, got "
+            f"{x.device}, {distances.device}, {weight.device}"
+        )
+
+
+def star_deform_conv2d_reference(x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
+    """Star deformable conv through the generic ``torchvision.ops.deform_conv2d`` (spec §2.3).
+
+    Args:
+        x: [N, C, H, W] features.
+        distances: [N, 4, H, W] (l, t, r, b) in feature-map cells.
+        weight: [O, C, 3, 3] convolution weight (no bias).
+
+    Returns:
+        [N, O, H, W] = ``deform_conv2d(x, star_offsets(distances), weight, padding=1)``, with
+        stride 1, dilation 1 and one deform group. The offsets are cast to ``x``'s dtype
+        because torchvision wants a single dtype.
+
+    Raises:
+        ValueError: on inconsistent shapes or devices.
+    """
+    _check_inputs(x, distances, weight, "star_deform_conv2d_reference")
+    if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or weight.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+        # torchvision's CPU kernel has no bfloat16 version and no CPU autocast rule: run it in
+        # float32 (as its CUDA autocast rule does) and hand back x's dtype.
+        with torch.autocast("cpu", enabled=False):
+            out = deform_conv2d(x.float(), star_offsets(distances.float()), weight.float(), padding=1)
+        return out.to(x.dtype)
+    offsets = star_offsets(distances).to(x.dtype)
+    return deform_conv2d(x, offsets, weight, padding=1)
+
+
+# --------------------------------------------------------------------------------------------
+# fast implementation
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _num_threads(n: int):
+    """Run the block with ``n`` intra-op threads on the calling thread, and restore after.
+
+    ``torch.set_num_threads`` sets the OpenMP and MKL thread counts of the calling thread. It
+    costs about 2 µs.
+    """
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# Threading policy of the fast path on CPU. The dense GEMMs use all intra-op threads. The small
+# index/weight ops and the layout copies run on the calling thread. The MKL sparse products
+# pick 1 or all threads by measuring both (_SparseThreadTuner).
+#
+# Why: every intra-op parallel op is an OpenMP region that ends in a barrier. When the cores
+# are shared with other busy processes (a 2-core box running other jobs), a descheduled worker
+# stalls that barrier for a scheduler slice, milliseconds per op. The ~60 small ops of one call
+# then cost more than the convolution; single-threaded they take ~3 ms. The sparse products
+# (~20 calls per forward+backward at P3) gain ~1.5× from 2 threads on an idle machine. On a
+# loaded one, 2 threads make them ~4× slower. Thread counts do not change the results: each
+# output row or value is computed by one thread in a fixed order.
+_SERIAL_NON_GEMM = True
+_SPARSE_THREADS = "auto"  # "auto" (measured), "serial" or "parallel"
+
+
+class _SparseThreadTuner:
+    """Online choice of 1 vs all threads for each kind of sparse product (CPU).
+
+    It keeps an exponential moving average of seconds per unit of work (non-zeros × channels)
+    for each (kind, thread count), and uses the cheaper count. Every ``explore_every``-th call
+    of a kind tries the other count, so a change in machine load is noticed within a few
+    calls. Calls with little work always run on 1 thread.
+    """
+
+    explore_every = 24
+    min_work = 1 << 21
+
+    def __init__(self) -> None:
+        self.cost: dict[tuple[str, int], float] = {}
+        self.calls: dict[str, int] = {}
+
+    def pick(self, kind: str, max_threads: int, work: int) -> int:
+        if _SPARSE_THREADS == "serial" or max_threads == 1 or work < self.min_work:
+            return 1
+        if _SPARSE_THREADS == "parallel":
+            return max_threads
+        calls = self.calls[kind] = self.calls.get(kind, 0) + 1
+        c1, cn = self.cost.get((kind, 1)), self.cost.get((kind, max_threads))
+        if c1 is None:
+            return 1
+        if cn is None:
+            return max_threads
+        best, other = (1, max_threads) if c1 <= cn else (max_threads, 1)
+        return other if calls % self.explore_every == 0 else best
+
+    def record(self, kind: str, threads: int, seconds: float, work: int) -> None:
+        key = (kind, threads)
+        per_unit = seconds / max(work, 1)
+        old = self.cost.get(key)
+        self.cost[key] = per_unit if old is None else 0.7 * old + 0.3 * per_unit
+
+
+_SPARSE_TUNER = _SparseThreadTuner()
+
+
+class _Threads:
+    """Thread-count contexts of one call: ``serial()``, ``gemm()`` and ``sparse()``."""
+
+    def __init__(self, device: torch.device):
+        self.active = device.type == "cpu" and _SERIAL_NON_GEMM
+        self.gemm_threads = torch.get_num_threads()
+
+    def serial(self):
+        return _num_threads(1) if self.active else contextlib.nullcontext()
+
+    def gemm(self):
+        return _num_threads(self.gemm_threads) if self.active else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def sparse(self, kind: str, work: int):
+        """Around one sparse product of ``work`` = non-zeros × channels (timed, see above)."""
+        if not self.active:
+            yield
+            return
+        threads = _SPARSE_TUNER.pick(kind, self.gemm_threads, work)
+        with _num_threads(threads):
+            t0 = time.perf_counter()
+            yield
+            _SPARSE_TUNER.record(kind, threads, time.perf_counter() - t0, work)
+
+
+_tls = threading.local()
+
+
+def _workspace(
+    slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """A scratch buffer that is reused across calls (per thread, per slot, dtype and device).
+
+    The per-chunk column buffers are tens of MB. A fresh allocation of that size comes from
+    mmap, and every call would then pay the page faults of first touching it. Scratch contents
+    never leave a call. Only CPU buffers are kept; CUDA has its caching allocator.
+    """
+    numel = 1
+    for d in shape:
+        numel *= d
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    cache = getattr(_tls, "buffers", None)
+    if cache is None:
+        cache = _tls.buffers = {}
+    key = (slot, dtype, device)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        cache.pop(key, None)  # release the old one first
+        buf = cache[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel].view(shape)
+
+
+def release_workspace() -> None:
+    """Free the scratch buffers that :func:`star_deform_conv2d` keeps for the calling thread."""
+    _tls.buffers = {}
+
+
+_csr_warned = False
+
+
+def _csr(crow: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR tensor without invariant checks. The "beta" warning is silenced once."""
+    global _csr_warned
+    if _csr_warned:
+        return torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
+    _csr_warned = True
+    return out
+
+
+def _spmm(sparse: Tensor, dense: Tensor, out: Tensor) -> Tensor:
+    """``out = sparse @ dense`` written straight into ``out`` (contiguous).
+
+    ``torch.mm(sparse, dense, out=out)`` would first build a zero-filled temporary and then copy
+    it. ``addmm`` with ``beta=0`` and ``self is out`` hands ``out`` to the sparse kernel directly,
+    and with ``beta=0`` the kernel ignores the old contents.
+    """
+    return torch.addmm(out, sparse, dense, beta=0.0, out=out)
+
+
+def _sddmm(
+    pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, cols: Tensor
+) -> Tensor:
+    """Per non-zero (r, q) of ``pattern``: <grad_cols[r], x_img[q]> ([nnz] values)."""
+    if x_img.shape[0] > 1:
+        return torch.sparse.sampled_addmm(pattern, grad_cols, x_img.t(), beta=0.0).values()
+    # sampled_addmm rejects a one-column pattern (a 1×1 map): gather instead.
+    rows = rows_pat[: cols.numel()].long()
+    return (grad_cols[rows] * x_img[cols.long()]).sum(1)
+
+
+_pattern_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _chunk_pattern(chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row pointers and local row of each non-zero, for a chunk of ``chunk`` locations.
+
+    Returns ``(crow [9·chunk + 1] int32, rows [25·chunk] int32)``. The rows of ``S`` are
+    (location, tap) pairs, location-major. A prefix of the pattern serves a shorter chunk.
+    """
+    key = (chunk, device)
+    hit = _pattern_cache.get(key)
+    if hit is None:
+        counts = torch.tensor(_TAP_NNZ, dtype=torch.int32, device=device).repeat(chunk)
+        crow = torch.zeros(9 * chunk + 1, dtype=torch.int32, device=device)
+        crow[1:] = counts.cumsum(0)
+        rows = torch.repeat_interleave(
+            torch.arange(9 * chunk, dtype=torch.int32, device=device), counts
+        )
+        hit = (crow, rows)
+        if len(_pattern_cache) > 16:
+            _pattern_cache.clear()
+        _pattern_cache[key] = hit
+    return hit
+
+
+# The 25 neighbour reads of a location combine 10 "sources", each a row or a column:
+#   0 / 4: floor / floor+1 of the top row    y = i − t     (taps k0, k1, k2)
+#   1 / 5: floor / floor+1 of the bottom row y = i + b     (taps k6, k7, k8)
+#   2 / 6: floor / floor+1 of the left column  x = j − l   (taps k0, k3, k6)
+#   3 / 7: floor / floor+1 of the right column x = j + r   (taps k2, k5, k8)
+#   8: the location's own row i;  9: its own column j      (k1/k7 columns, k3/k5 rows, k4)
+# Read e (0..24) is (row source _ROW_SRC[e], column source _COL_SRC[e]). Reads are grouped by
+# tap k0..k8 (4, 2, 4, 2, 1, 2, 4, 2, 4 reads), in (row, column) order within a tap.
+_ROW_SRC = (0, 0, 4, 4, 0, 4, 0, 0, 4, 4, 8, 8, 8, 8, 8, 1, 1, 5, 5, 1, 5, 1, 1, 5, 5)
+_COL_SRC = (2, 6, 2, 6, 9, 9, 3, 7, 3, 7, 2, 6, 9, 3, 7, 2, 6, 2, 6, 9, 9, 3, 7, 3, 7)
+
+
+def _one_hot(src: tuple[int, ...]) -> Tensor:
+    sel = torch.zeros(10, _NNZ, dtype=torch.float64)
+    sel[list(src), list(range(_NNZ))] = 1.0
+    return sel
+
+
+_SEL_ROW = _one_hot(_ROW_SRC)  # [10, 25]: read e takes row source _ROW_SRC[e]
+_SEL_COL = _one_hot(_COL_SRC)
+# Sums each read's ∂/∂(row or column coordinate) into ∂/∂(l, t, r, b). The signs come from
+# y_top = i − t, y_bottom = i + b, x_left = j − l, x_right = j + r.
+_TO_LTRB_ROW = torch.zeros(_NNZ, 4, dtype=torch.float64)
+_TO_LTRB_COL = torch.zeros(_NNZ, 4, dtype=torch.float64)
+for _e, (_rs, _cs) in enumerate(zip(_ROW_SRC, _COL_SRC)):
+    if _rs < 8:
+        _TO_LTRB_ROW[_e, 1 if _rs % 4 == 0 else 3] = -1.0 if _rs % 4 == 0 else 1.0
+    if _cs < 8:
+        _TO_LTRB_COL[_e, 0 if _cs % 4 == 2 else 2] = -1.0 if _cs % 4 == 2 else 1.0
+del _e, _rs, _cs
+
+
+def _source_table(distances: Tensor, height: int, width: int, pos_dtype: torch.dtype):
+    """Flat offsets, bilinear weights and weight derivatives of the 10 sources, [10, N·H·W].
+
+    Offsets (float64, integral): row sources hold row·W and column sources the column, clamped
+    into the map, so a read's flat index within its image is off[row source] + off[column
+    source]. Weights: (1−f, f) for a floor/floor+1 pair, zeroed where that row or column lies
+    outside the map (zero padding), and 1 for the location's own row or column. Derivatives:
+    ∂weight/∂coordinate = (−1, +1) under the same masks, and 0 for the own row or column. A read's
+    weight is w[row source]·w[column source]. That is exactly torchvision's bilinear_interpolate,
+    and the derivative is torchvision's one-sided (floor based) offset gradient. Non-finite
+    coordinates read nothing.
+    """
+    d = distances.detach().to(pos_dtype)
+    dev = d.device
+    n = d.shape[0]
+    l, t, r, b = d.unbind(1)  # [N, H, W]
+    iy = torch.arange(height, device=dev, dtype=pos_dtype).view(1, height, 1)
+    jx = torch.arange(width, device=dev, dtype=pos_dtype).view(1, 1, width)
+    # Same float ops as torchvision: (integer base of the tap) + offset from star_offsets.
+    coord = torch.stack(
+        [(iy - 1) + (1 - t), (iy + 1) + (b - 1), (jx - 1) + (1 - l), (jx + 1) + (r - 1)]
+    ).view(4, -1)  # y_top, y_bottom, x_left, x_right
+    size = torch.tensor([height, height, width, width], device=dev, dtype=pos_dtype).view(4, 1)
+    coord = torch.nan_to_num(coord, nan=-2.0, posinf=2.0 * max(height, width), neginf=-2.0)
+    c = torch.minimum(coord.clamp_min(-2.0), size + 1)
+    c0 = torch.floor(c)
+    f = c - c0
+    pair = torch.cat([c0, c0 + 1])  # [8, NHW]: floors, then floors + 1 (integral values)
+    size8 = torch.cat([size, size])
+    inside = ((pair >= 0) & (pair < size8)).to(pos_dtype)
+    mult8 = torch.tensor([width, width, 1, 1] * 2, device=dev, dtype=torch.float64).view(8, 1)
+    off8 = torch.minimum(pair.clamp_min(0), size8 - 1).to(torch.float64) * mult8
+    own_row = (torch.arange(height, device=dev, dtype=torch.float64) * width).view(1, height, 1)
+    own_col = torch.arange(width, device=dev, dtype=torch.float64).view(1, 1, width)
+    own = torch.stack([own_row.expand(n, height, width), own_col.expand(n, height, width)])
+    off = torch.cat([off8, own.view(2, -1)])
+    ones = torch.ones(2, c.shape[1], device=dev, dtype=pos_dtype)
+    wts = torch.cat([torch.cat([1 - f, f]) * inside, ones])
+    sign = torch.tensor([-1.0] * 4 + [1.0] * 4, device=dev, dtype=pos_dtype).view(8, 1)
+    der = torch.cat([inside * sign, ones * 0])
+    return off, wts, der
+
+
+class _Geometry:
+    """The 25 neighbour reads per location (indices, weights) and the distance gradient."""
+
+    def __init__(self, distances: Tensor, height: int, width: int, pos_dtype: torch.dtype):
+        off, wts, der = _source_table(distances, height, width, pos_dtype)
+        dev = off.device
+        self.shape = (distances.shape[0], height, width)
+        self.sel_row = _SEL_ROW.to(dev, pos_dtype)
+        self.sel_col = _SEL_COL.to(dev, pos_dtype)
+        # [N·H·W·25], location-major: flat index within the image (an exact float64 matmul
+        # with one-hot columns does the gather) and bilinear weight.
+        sel = (_SEL_ROW + _SEL_COL).to(dev)
+        self.cols = torch.mm(off.t(), sel).to(torch.int32).view(-1)
+        self.vals = (torch.mm(wts.t(), self.sel_row) * torch.mm(wts.t(), self.sel_col)).view(-1)
+        self.wts, self.der = wts, der
+
+    def distance_grad(self, dots: Tensor) -> Tensor:
+        """∂L/∂(l,t,r,b) [N,4,H,W] from ``dots`` [N·H·W, 25] = <grad_cols[(p,k)], x[read]>."""
+        dt = self.wts.dtype
+        dots = dots.to(dt)
+        wts_t, der_t = self.wts.t(), self.der.t()
+        # ∂weight/∂(row coordinate) and ∂weight/∂(column coordinate) of every read.
+        d_row = torch.mm(der_t, self.sel_row) * torch.mm(wts_t, self.sel_col)
+        d_col = torch.mm(wts_t, self.sel_row) * torch.mm(der_t, self.sel_col)
+        dev = dots.device
+        g = torch.mm(d_row * dots, _TO_LTRB_ROW.to(dev, dt))
+        g.addmm_(d_col * dots, _TO_LTRB_COL.to(dev, dt))  # [N·H·W, 4]
+        n, h, w = self.shape
+        return g.view(n, h, w, 4).permute(0, 3, 1, 2)
+
+
+_transpose_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _transpose_pattern(hw: int, chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For the non-zeros of one image: ``chunk index · HW`` and the local row, [HW·25] int32.
+
+    The chunk index times HW is the sort key of a non-zero, minus its column; the local row is
+    its row within the chunk's S (location·9 + tap). Cached per (HW, chunk) (a few MB).
+    """
+    key = (hw, chunk, device)
+    hit = _transpose_cache.get(key)
+    if hit is None:
+        loc = torch.arange(hw, device=device, dtype=torch.int64)
+        base_key = ((loc // chunk) * hw).repeat_interleave(_NNZ)
+        _, rows_pat = _chunk_pattern(chunk, device)
+        within = torch.arange(hw * _NNZ, device=device) % (chunk * _NNZ)
+        hit = (base_key.to(torch.int32 if hw * hw < 2**31 else torch.int64), rows_pat[within])
+        if len(_transpose_cache) >= 8:
+            _transpose_cache.clear()
+        _transpose_cache[key] = hit
+    return hit
+
+
+def _chunk_len(hw: int, channels: int) -> int:
+    return max(1, min(hw, _CHUNK_ELEMS // (9 * max(channels, 1))))
+
+
+def _rows_to_nchw(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
+    """[N·H·W, C] rows → a contiguous [N, C, H, W] tensor (2-D transposes, one per image)."""
+    hw = h * w
+    out = torch.empty(n, c, hw, dtype=rows.dtype, device=rows.device)
+    for im in range(n):
+        out[im].copy_(rows[im * hw : (im + 1) * hw].t())
+    return out.view(n, c, h, w)
+
+
+def _to_hwc(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """[N, C, H, W] (any strides) → contiguous [N·H·W, C] in ``dtype`` (a view when possible)."""
+    n, c, h, w = t.shape
+    nhwc = t.permute(0, 2, 3, 1)
+    if nhwc.dtype == dtype and nhwc.is_contiguous():
+        return nhwc.reshape(n * h * w, c)
+    return torch.empty((n, h, w, c), dtype=dtype, device=t.device).copy_(nhwc).view(n * h * w, c)
+
+
+def _transposed_chunks(geo: "_Geometry", vals: Tensor, n: int, hw: int, chunk: int):
+    """Sᵀ of every chunk at once: the non-zeros sorted by (chunk, column).
+
+    Returns ``(crow [n·nch, HW+1] int32, rows [N·HW·25] int32, vals [N·HW·25])``. Chunk ``g``
+    (image ``g // nch``) is the CSR matrix [HW, 9·len] made of ``crow[g]`` and of the entries
+    ``rows/vals[25·start : 25·end]``, where start and end are the chunk's global locations.
+    """
+    dev = vals.device
+    nch = -(-hw // chunk)
+    base_key, local_row = _transpose_pattern(hw, chunk, dev)
+    key_dtype = torch.int32 if n * nch * hw < 2**31 else torch.int64
+    key = base_key.to(key_dtype) + geo.cols.view(n, hw * _NNZ)
+    if n > 1:  # chunks of image i are numbered i·nch … i·nch + nch − 1
+        key += torch.arange(n, device=dev, dtype=key_dtype).view(n, 1) * (nch * hw)
+    key = key.view(-1)
+    perm = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=n * nch * hw).view(n * nch, hw)
+    t_crow = torch.zeros(n * nch, hw + 1, dtype=torch.int32, device=dev)
+    torch.cumsum(counts, 1, out=t_crow[:, 1:])
+    t_rows = local_row[perm % (hw * _NNZ) if n > 1 else perm]
+    return t_crow, t_rows, vals[perm]
+
+
+class _StarDeformConvFn(torch.autograd.Function):
+    """out = Σ_k W_k · sample_k(x): sparse sampling, then one GEMM per chunk of locations."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        o = weight.shape[0]
+        hw = h * w
+        dev = x.device
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        sdt = torch.float32 if half else x.dtype  # dtype of the sparse products
+        pos_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        threads = _Threads(dev)
+        with threads.serial():
+            geo = _Geometry(distances, h, w, pos_dtype)
+            vals = geo.vals.to(sdt)
+            # [O, 9C] with column k·C + c: W_k of tap k = 3·ky + kx, as the columns are laid out.
+            wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)
+            with threads.sparse("copy", x.numel()):  # memory-bound, tuned like the sparse ops
+                xt = _to_hwc(x, sdt)  # [N·HW, C]
+            out = torch.empty(n * hw, o, dtype=x.dtype, device=dev)
+            if out.numel() and c == 0:
+                out.zero_()
+            elif out.numel():
+                chunk = _chunk_len(hw, c)
+                crow, _ = _chunk_pattern(chunk, dev)
+                buf = _workspace("cols", (9 * chunk, c), sdt, dev)
+                buf_h = _workspace("cols_h", (chunk, 9 * c), x.dtype, dev) if half else None
+                for im in range(n):
+                    x_img = xt[im * hw : (im + 1) * hw]
+                    for s in range(0, hw, chunk):
+                        ln = min(chunk, hw - s)
+                        g0 = im * hw + s
+                        p0, p1 = g0 * _NNZ, (g0 + ln) * _NNZ
+                        sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
+                        with threads.sparse("spmm", _NNZ * ln * c):
+                            cols = _spmm(sm, x_img, buf[: 9 * ln]).view(ln, 9 * c)  # [ln, 9C]
+                        if half:
+                            cols = buf_h[:ln].copy_(cols)
+                        with threads.gemm():
+                            torch.mm(cols, wm.t(), out=out[g0 : g0 + ln])
+        ctx.geo = geo
+        ctx.dims = (n, c, h, w, o)
+        ctx.dist_dtype = distances.dtype
+        ctx.x_channels_last = not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        ctx.save_for_backward(xt, vals, wm)
+        return out.view(n, h, w, o).permute(0, 3, 1, 2)  # channels-last [N, O, H, W]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        xt, vals, wm = ctx.saved_tensors
+        geo: _Geometry = ctx.geo
+        n, c, h, w, o = ctx.dims
+        hw = h * w
+        need_x, need_d, need_w = ctx.needs_input_grad[:3]
+        dt = wm.dtype
+        half = dt in (torch.float16, torch.bfloat16)
+        sdt = xt.dtype
+        dev = xt.device
+        threads = _Threads(dev)
+        with threads.serial():
+            with threads.sparse("copy", grad_out.numel()):
+                go = _to_hwc(grad_out, dt)  # [N·HW, O]; a view for a channels-last grad
+            # The chunk loop writes every element of gx and dots (chunk 0 of each image
+            # overwrites gx with beta = 0), unless there is nothing to compute (C = 0 or O = 0).
+            alloc = torch.empty if c and o else torch.zeros
+            gx = alloc(n * hw, c, dtype=sdt, device=dev) if need_x else None
+            dots = alloc(n * hw * _NNZ, dtype=sdt, device=dev) if need_d else None
+            gw = torch.zeros(o, 9 * c, dtype=sdt, device=dev) if need_w else None  # like wm
+            if n * hw and c and o:
+                chunk = _chunk_len(hw, max(c, o))
+                nch = -(-hw // chunk)
+                crow, rows_pat = _chunk_pattern(chunk, dev)
+                if need_x:
+                    t_crow, t_rows, t_vals = _transposed_chunks(geo, vals, n, hw, chunk)
+                gbuf = _workspace("grad_cols", (chunk, 9 * c), dt, dev)
+                gbuf_s = _workspace("grad_cols_s", (9 * chunk, c), sdt, dev) if half else None
+                cbuf = _workspace("cols", (9 * chunk, c), sdt, dev) if need_w else None
+                cbuf_h = _workspace("cols_h", (chunk, 9 * c), dt, dev) if need_w and half else None
+                for im in range(n):
+                    x_img = xt[im * hw : (im + 1) * hw]
+                    gx_img = gx[im * hw : (im + 1) * hw] if need_x else None
+                    for j, s in enumerate(range(0, hw, chunk)):
+                        ln = min(chunk, hw - s)
+                        g0 = im * hw + s
+                        p0, p1 = g0 * _NNZ, (g0 + ln) * _NNZ
+                        go_c = go[g0 : g0 + ln]
+                        sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
+                        if need_x or need_d:
+                            with threads.gemm():  # grad of the columns, [ln, 9C]
+                                gc = torch.mm(go_c, wm, out=gbuf[:ln])
+                            if half:
+                                gc = gbuf_s[: 9 * ln].view(ln, 9 * c).copy_(gc)
+                            gc = gc.view(9 * ln, c)
+                        if need_d:  # dots[e] = <grad_cols[row(e)], x[col(e)]>
+                            with threads.sparse("sddmm", _NNZ * ln * c):
+                                dots[p0:p1] = _sddmm(sm, gc, x_img, rows_pat, geo.cols[p0:p1])
+                        if need_x:  # grad_x += Sᵀ · grad_cols
+                            st = _csr(
+                                t_crow[im * nch + j], t_rows[p0:p1], t_vals[p0:p1], (hw, 9 * ln)
+                            )
+                            with threads.sparse("spmm_t", _NNZ * ln * c):
+                                torch.addmm(gx_img, st, gc, beta=1.0 if j else 0.0, out=gx_img)
+                        if need_w:  # grad_W += grad_outᵀ · cols, the columns recomputed
+                            with threads.sparse("spmm", _NNZ * ln * c):
+                                cols = _spmm(sm, x_img, cbuf[: 9 * ln]).view(ln, 9 * c)
+                            if half:  # bf16/fp16 GEMM, accumulated over the chunks in float32
+                                cols = cbuf_h[:ln].copy_(cols)
+                                go_t = go_c.t().contiguous()
+                                with threads.gemm():
+                                    gw.add_(torch.mm(go_t, cols))
+                            else:
+                                with threads.gemm():
+                                    gw.addmm_(go_c.t(), cols)
+
+            grad_x = grad_d = grad_w = None
+            if need_x:
+                gx = gx.to(dt)
+                if ctx.x_channels_last:
+                    grad_x = gx.view(n, h, w, c).permute(0, 3, 1, 2)
+                else:
+                    # Hand back x's own (NCHW) layout: an elementwise backward that mixes
+                    # layouts (e.g. the ReLU before this conv) costs more than this transpose.
+                    with threads.sparse("copy", gx.numel()):
+                        grad_x = _rows_to_nchw(gx, n, c, h, w)
+            if need_d:
+                grad_d = geo.distance_grad(dots.view(n * hw, _NNZ)).to(ctx.dist_dtype)
+            if need_w:
+                grad_w = gw.view(o, 9, c).transpose(1, 2).to(dt).reshape(o, c, 3, 3)
+        return grad_x, grad_d, grad_w
+
+
+
+def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str = "auto") -> Tensor:
+    """Star-shaped deformable 3×3 conv (stride 1, padding 1, no bias) of spec §2.2–2.3.
+
+    Args:
+        x: [N, C, H, W] features (float32/float64, or float16/bfloat16).
+        distances: [N, 4, H, W] (l, t, r, b) in feature-map cells (already divided by the
+            stride). Any real values work: zero, negative, or reaching outside the map. Samples
+            outside the map read 0.
+        weight: [O, C, 3, 3] weight.
+        impl: ``'fast'`` (sparse sampling + GEMM, see the module docstring), ``'torchvision'``
+            (:func:`star_deform_conv2d_reference`) or ``'auto'``. ``'auto'`` picks ``'fast'``
+            on CPU, where it is several times faster than the generic op, and ``'torchvision'``
+            on other devices, where the generic kernel is the faster one.
+
+    Returns:
+        [N, O, H, W]. Both implementations agree to float rounding, and both are differentiable
+        w.r.t. ``x``, ``weight`` and ``distances`` (first order). The 'fast' path reproduces
+        torchvision's one-sided gradient at integer sample positions.
+
+    Notes on ``'fast'``:
+        * The result is in channels-last memory format. The values are the same; call
+          ``.contiguous()`` if NCHW strides are needed. A following conv runs as fast or faster
+          on it, and its gradient then arrives channels-last with no copy. ``grad_x`` comes
+          back in ``x``'s own layout. A channels-last ``x`` saves a transpose in each direction.
+        * Under autocast, ``x`` and ``weight`` are cast to the autocast dtype and the GEMMs run
+          in it. The sample positions and the sparse sampling stay in float32. (The torchvision
+          op computes in float32 under autocast.)
+        * Memory: saves a channels-last copy of ``x`` plus ~0.3 kB per location for backward.
+          Each thread keeps two scratch buffers of up to 9·3072·max(C, O) elements (57 MB at
+          C = O = 256, float32) between calls; :func:`release_workspace` frees them.
+
+    Raises:
+        ValueError: on bad shapes, mixed devices or an unknown ``impl``.
+    """
+    if impl not in _IMPLS:
+        raise ValueError(f"star_deform_conv2d: impl must be one of {_IMPLS}, got {impl!r}")
+    _check_inputs(x, distances, weight, "star_deform_conv2d")
+    if impl == "auto":
+        impl = "fast" if x.device.type == "cpu" else "torchvision"
+    if impl == "torchvision":
+        return star_deform_conv2d_reference(x, distances, weight)
+    dev_type = x.device.type
+    if torch.is_autocast_enabled(dev_type):
+        dtype = torch.get_autocast_dtype(dev_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        distances = distances.float()
+        with torch.autocast(dev_type, enabled=False):
+            return _StarDeformConvFn.apply(x, distances, weight)
+    if weight.dtype != x.dtype:
+        raise ValueError(
+            f"star_deform_conv2d: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype"
+        )
+    return _StarDeformConvFn.apply(x, distances, weight)
+
+
+class StarDeformConv2d(nn.Module):
+    """The star deformable 3×3 conv as a layer: ``vfnet_reg_refine_dconv`` / ``vfnet_cls_dconv``.
+
+    Spec §2.1 (layer table), §2.3 (offsets), §2.4 (init) and §8 (checkpoint keys).
+
+    Args:
+        in_channels: C.
+        out_channels: O.
+        impl: ``'auto'`` | ``'fast'`` | ``'torchvision'`` (see :func:`star_deform_conv2d`).
+
+    Parameters / state_dict keys: only ``weight`` [O, C, 3, 3] (no bias, as in mmcv's
+    ``DeformConv2d`` with ``bias=False``). It starts as N(0, 0.01²), the authors'
+    initialisation (spec §2.4).
+
+    ``forward(x [N, C, H, W], distances [N, 4, H, W] in feature cells) -> [N, O, H, W]``.
+
+    Raises:
+        ValueError: on an unknown ``impl`` or non-positive channel counts.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, impl: str = "auto") -> None:
+        super().__init__()
+        if impl not in _IMPLS:
+            raise ValueError(f"StarDeformConv2d: impl must be one of {_IMPLS}, got {impl!r}")
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError(
+                f"StarDeformConv2d: channel counts must be positive, got "
+                f"{in_channels} -> {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.impl = impl
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.01²) weights (spec §2.4)."""
+        nn.init.normal_(self.weight, mean=0.0, std=0.01)
+
+    def forward(self, x: Tensor, distances: Tensor) -> Tensor:
+        return star_deform_conv2d(x, distances, self.weight, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size=3, impl={self.impl!r}"

@@ -1,0 +1,108 @@
+"""Checkpoint reading, loading, saving and conversion (spec §8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import varifocal
+from varifocal.checkpoint import (
+    CheckpointError,
+    convert_mmdet_checkpoint,
+    infer_model_name,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+from .conftest import shared_path
+
+
+def golden_ckpt():
+    return shared_path("golden", "vfnet_r50_coco80", "checkpoint.pth")
+
+
+def test_mmdet_checkpoint_loads_verbatim_with_class_names():
+    path = golden_ckpt()
+    model = varifocal.build_model("vfnet_r50_fpn", num_classes=80)
+    info = varifocal.load_checkpoint(model, path)
+    assert info["format"] == "mmdet" and info["missing"] == [] and info["unexpected"] == []
+    assert model.class_names[:3] == ["person", "bicycle", "car"] and len(model.class_names) == 80
+    ref = torch.load(path, weights_only=True)["state_dict"]
+    # float16 storage is cast to the model's float32; values are identical.
+    assert model.bbox_head.vfnet_cls.weight.dtype == torch.float32
+    assert torch.equal(model.bbox_head.vfnet_cls.weight, ref["bbox_head.vfnet_cls.weight"].float())
+    assert torch.equal(model.backbone.layer1[0].bn1.running_var, ref["backbone.layer1.0.bn1.running_var"].float())
+
+
+def test_wrong_class_count_lists_mis_shaped_keys():
+    path = golden_ckpt()
+    model = varifocal.build_model("vfnet_r50_fpn", num_classes=3)
+    with pytest.raises(CheckpointError) as err:
+        varifocal.load_checkpoint(model, path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert "2 mis-shaped" in msg and "bbox_head.vfnet_cls.weight: checkpoint [80, 256, 3, 3] vs model [3, 256, 3, 3]" in msg
+    assert err.value.mismatched and not err.value.missing
+
+
+def test_other_architecture_lists_missing_and_unexpected_keys():
+    path = golden_ckpt()
+    with torch.device("meta"):
+        model = varifocal.build_model("vfnet_r50_fpn_dcn", num_classes=80)
+    with pytest.raises(CheckpointError, match=r"missing \(backbone\.layer2\.0\.conv2\.conv_offset\.weight"):
+        varifocal.load_checkpoint(model, path)
+
+
+def test_roundtrip_and_partial_load(tmp_path):
+    torch.manual_seed(0)
+    model = varifocal.build_model("vfnet_r18_fpn", num_classes=3)
+    model.class_names = ["a", "b", "c"]
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, model, model_name="vfnet_r18_fpn", model_kwargs={"num_classes": 3})
+    ckpt = read_checkpoint(path)
+    assert ckpt["format"] == "varifocal" and ckpt["model_name"] == "vfnet_r18_fpn"
+    assert ckpt["model_kwargs"] == {"num_classes": 3}
+    torch.manual_seed(1)
+    other = varifocal.build_model("vfnet_r18_fpn", num_classes=3)
+    varifocal.load_checkpoint(other, path, prefixes=("bbox_head.",))
+    assert torch.equal(other.bbox_head.vfnet_cls.weight, model.bbox_head.vfnet_cls.weight)
+    assert not torch.equal(other.neck.fpn_convs[0].conv.weight, model.neck.fpn_convs[0].conv.weight)
+    varifocal.load_checkpoint(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
+    assert other.class_names == ["a", "b", "c"]
+
+
+def test_refuses_pickled_objects_and_garbage(tmp_path):
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Path("/etc")}, bad)
+    model = varifocal.build_model("vfnet_r18_fpn", num_classes=3)
+    with pytest.raises(CheckpointError, match="not a loadable weights-only torch checkpoint"):
+        varifocal.load_checkpoint(model, bad)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(junk)):
+        varifocal.load_checkpoint(model, junk)
+    with pytest.raises(CheckpointError, match="not found"):
+        varifocal.load_checkpoint(model, tmp_path / "absent.pth")
+
+
+def test_infer_model_name_from_keys():
+    for name, classes in [("vfnet_r50_fpn", 80), ("vfnet_r101_fpn_dcn", 3), ("vfnet_x101_64x4d_fpn_dcn", 80),
+                          ("vfnet_x101_32x4d_fpn", 5), ("vfnet_r18_fpn", 2), ("vfnet_lite0_fpn", 3)]:
+        with torch.device("meta"):
+            model = varifocal.build_model(name, num_classes=classes)
+        assert infer_model_name(model.state_dict()) == (name, {"num_classes": classes})
+
+
+def test_convert_mmdet_checkpoint(tmp_path):
+    src = golden_ckpt()
+    dst = tmp_path / "converted.pth"
+    info = convert_mmdet_checkpoint(src, dst)
+    assert info["model_name"] == "vfnet_r50_fpn" and info["num_classes"] == 80
+    ckpt = read_checkpoint(dst)
+    assert ckpt["format"] == "varifocal" and ckpt["class_names"][0] == "person"
+    ref = torch.load(src, weights_only=True)["state_dict"]
+    assert list(ckpt["state_dict"]) == list(ref)
+    assert torch.equal(ckpt["state_dict"]["neck.fpn_convs.4.conv.weight"], ref["neck.fpn_convs.4.conv.weight"].float())
