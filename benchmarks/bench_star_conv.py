@@ -13,6 +13,10 @@ timed ``--repeat`` times. The script prints the median (and min) of each, and th
 the medians to the plain conv.
 
     python benchmarks/bench_star_conv.py --size 1 256 100 152 --repeat 7 --threads 2
+    python benchmarks/bench_star_conv.py --threads 2 --dtype bfloat16 --skip-torchvision
+
+The load average is printed too: on a CPU shared with other busy processes every number
+moves, and the plain conv (one big oneDNN call) suffers less than ops made of many calls.
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ def main() -> None:
           f"on {os.cpu_count()} CPUs (other processes make the numbers noisy)")
     print(f"median and min of N={args.repeat} timed runs after {args.warmup} warm-up rounds; "
           "ratio = this impl / plain conv in the same mode (of the medians, of the mins)")
-    print(f"{'mode':<9}{'impl':<13}{'median ms':>10}{'min ms':>9}{'ratio med':>11}{'ratio min':>11}")
+    print(f"{'mode':<9}{'impl':<13}{'median ms':>10}{'min ms':>9}"
+          f"{'ratio med':>11}{'ratio min':>11}")
     for backward in modes:
         mode = "fwd+bwd" if backward else "fwd"
         base_med = statistics.median(times[("conv", backward)])

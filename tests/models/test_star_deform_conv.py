@@ -134,7 +134,9 @@ def test_gradcheck_fast_float64():
     assert torch.autograd.gradcheck(lambda *a: star_deform_conv2d(*a, impl="fast"), args)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 4), (1, 5, 1), (2, 1, 1)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (2, 1, 1), (1, 1, 2), (2, 2, 1), (1, 3, 1), (3, 1, 4), (1, 5, 1)]
+)
 def test_tiny_maps_and_batches(shape):
     n, h, w = shape
     x, d, wt = _inputs(n=n, h=h, w=w)
@@ -175,6 +177,44 @@ def test_zero_channels(c, o):
     gx, gd, gw = torch.autograd.grad(out.sum() + x.sum() * 0 + d.sum() * 0, (x, d, w))
     assert torch.count_nonzero(gx) == 0 and torch.count_nonzero(gd) == 0
     assert gw.shape == w.shape
+
+
+def test_sparse_thread_modes_give_identical_numbers(monkeypatch):
+    # The CPU path runs its sparse products on 1 or all threads (measured online); each output
+    # value is computed by one thread in a fixed order, so the results must be bit-identical.
+    monkeypatch.setattr(sdc._SparseThreadTuner, "min_work", 0)
+    x, d, w = _inputs(n=2, c=16, o=8, h=9, w=11, dtype=torch.float32)
+    gout = torch.randn(2, 8, 9, 11)
+
+    def fast(*args):
+        return star_deform_conv2d(*args, impl="fast")
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for mode in ("serial", "parallel", "auto", "auto", "auto"):
+            monkeypatch.setattr(sdc, "_SPARSE_THREADS", mode)
+            results.append(_grads(fast, x, d, w, gout))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_sparse_thread_tuner_picks_the_cheaper_count():
+    tuner = sdc._SparseThreadTuner()
+    work = 10 * tuner.min_work
+    assert tuner.pick("k", 2, tuner.min_work - 1) == 1  # small calls: always 1 thread
+    assert tuner.pick("k", 2, work) == 1  # unmeasured: try 1 thread, then all
+    tuner.record("k", 1, 2.0, work)
+    assert tuner.pick("k", 2, work) == 2
+    tuner.record("k", 2, 1.0, work)
+    picks = [tuner.pick("k", 2, work) for _ in range(2 * tuner.explore_every)]
+    assert picks.count(1) == 2 and picks.count(2) == len(picks) - 2  # explores now and then
+    for _ in range(10):  # 2 threads become slow (a loaded machine): switch to 1
+        tuner.record("k", 2, 8.0, work)
+    assert tuner.pick("k", 2, work) == 1
 
 
 def test_only_some_inputs_require_grad():

@@ -47,7 +47,7 @@ def test_zero_features_give_reg_denom_distances_and_prior_logits():
 def test_stride_norm_type_uses_strides():
     head = small_head(bbox_norm_type="stride")
     _, init, _ = head(feats_for(64, 64, fill=0.0))
-    assert [float(x.flatten()[0]) for x in init] == [8.0, 16.0, 32.0, 64.0, 128.0]
+    assert [float(x.detach().flatten()[0]) for x in init] == [8.0, 16.0, 32.0, 64.0, 128.0]
 
 
 def test_initialisation_follows_spec():

@@ -112,7 +112,7 @@ class VFNetHead(nn.Module):
         loss_bbox_refine_weight: float = 2.0,
         atss_topk: int = 9,
         anchor_scale: float = 8.0,
-        star_conv_impl: str = "torchvision",
+        star_conv_impl: str = "auto",
         score_thr: float = 0.05,
         nms_pre: int = 1000,
         nms_iou: float = 0.6,

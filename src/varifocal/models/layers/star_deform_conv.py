@@ -21,7 +21,7 @@ Two implementations give the same numbers (to float rounding):
   a sparse matrix ``S`` [9·HW, HW] with 25 non-zeros per location.
   - Forward: the sampled columns are ``cols = S @ x_hwc`` [HW, 9·C] (an MKL CSR product through
     ``torch.addmm``). Then ``out = cols @ W`` [9·C, O] is a dense GEMM with the same FLOPs as
-    the plain convolution. The work runs in chunks of ~3k locations, with reused scratch buffers
+    the plain convolution. The work runs in chunks of ≤ 8k locations, with reused scratch buffers
     (see :func:`release_workspace`), so the 9·C-wide intermediate never exists whole. Touching a
     fresh 140 MB buffer for the first time would alone cost about half a convolution.
   - Backward: ``grad_cols = grad_out @ Wᵀ`` (GEMM), ``grad_x = Sᵀ @ grad_cols`` (sparse, with
@@ -29,9 +29,11 @@ Two implementations give the same numbers (to float rounding):
     columns recomputed per chunk). The distance gradient applies the analytic derivative of the
     bilinear weights (torchvision's one-sided one) to ``<grad_cols, x[neighbour]>``, computed
     with ``torch.sparse.sampled_addmm``.
-  - Threads: only the dense GEMMs use all intra-op threads; the rest runs on the calling
-    thread. This keeps the op robust on CPUs shared with other busy processes (see
-    ``_SERIAL_NON_GEMM``).
+  - Threads: the dense GEMMs use all intra-op threads (tiny P6/P7-sized ones use 1). The small
+    index/weight ops run on the calling thread. The sparse products and the big layout copies
+    use 1 or all threads, whichever measures faster at run time; this does not change the
+    numbers. The op then stays fast both on an idle CPU and on one shared with other busy
+    processes (see ``_SERIAL_NON_GEMM``).
 
 ``impl='auto'`` picks ``'fast'`` on CPU and ``'torchvision'`` on other devices, where the
 generic kernel is the faster one. ``'fast'`` on CUDA is untested.
@@ -61,10 +63,11 @@ __all__ = [
 _TAP_NNZ = (4, 2, 4, 2, 1, 2, 4, 2, 4)
 _NNZ = sum(_TAP_NNZ)  # 25 per location
 _IMPLS = ("auto", "fast", "torchvision")
-# Elements of the per-chunk [L, 9·C] column buffer: L = 3072 locations at C = 256 (28 MB in
-# float32). Fewer, bigger GEMMs stand up better to CPU contention (fewer barriers); smaller
-# chunks were no faster on an idle machine once the buffers are reused.
-_CHUNK_ELEMS = 9 * 3072 * 256
+# Most elements of a per-chunk [L, 9·C] column buffer: L ≤ 8192 locations at C = 256 (75 MB in
+# float32), so P3 of an 800×1216 image runs as 2 chunks. Few, big GEMMs hold up much better
+# than many small ones on a CPU shared with other busy processes (each GEMM call ends in
+# barriers). On an idle CPU the chunk size hardly matters once the buffers are reused.
+_CHUNK_ELEMS = 9 * 8192 * 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,17 +146,21 @@ def star_deform_conv2d_reference(x: Tensor, distances: Tensor, weight: Tensor) -
     Returns:
         [N, O, H, W] = ``deform_conv2d(x, star_offsets(distances), weight, padding=1)``, with
         stride 1, dilation 1 and one deform group. The offsets are cast to ``x``'s dtype
-        because torchvision wants a single dtype.
+        because torchvision wants a single dtype. On CPU with bfloat16 inputs or an active CPU
+        autocast, the op runs in float32 and the result is cast back to ``x``'s dtype
+        (torchvision's CPU kernel has no bfloat16 version).
 
     Raises:
         ValueError: on inconsistent shapes or devices.
     """
     _check_inputs(x, distances, weight, "star_deform_conv2d_reference")
-    if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or weight.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+    bf16 = torch.bfloat16 in (x.dtype, weight.dtype)
+    if x.device.type == "cpu" and (bf16 or torch.is_autocast_enabled("cpu")):
         # torchvision's CPU kernel has no bfloat16 version and no CPU autocast rule: run it in
         # float32 (as its CUDA autocast rule does) and hand back x's dtype.
         with torch.autocast("cpu", enabled=False):
-            out = deform_conv2d(x.float(), star_offsets(distances.float()), weight.float(), padding=1)
+            offsets = star_offsets(distances.float())
+            out = deform_conv2d(x.float(), offsets, weight.float(), padding=1)
         return out.to(x.dtype)
     offsets = star_offsets(distances).to(x.dtype)
     return deform_conv2d(x, offsets, weight, padding=1)
@@ -180,9 +187,9 @@ def _num_threads(n: int):
         torch.set_num_threads(old)
 
 
-# Threading policy of the fast path on CPU. The dense GEMMs use all intra-op threads. The small
-# index/weight ops and the layout copies run on the calling thread. The MKL sparse products
-# pick 1 or all threads by measuring both (_SparseThreadTuner).
+# Threading policy of the fast path on CPU. The dense GEMMs use all intra-op threads (except
+# tiny ones). The small index/weight ops run on the calling thread. The MKL sparse products and
+# the big layout copies pick 1 or all threads by measuring both (_SparseThreadTuner).
 #
 # Why: every intra-op parallel op is an OpenMP region that ends in a barrier. When the cores
 # are shared with other busy processes (a 2-core box running other jobs), a descheduled worker
@@ -192,6 +199,9 @@ def _num_threads(n: int):
 # loaded one, 2 threads make them ~4× slower. Thread counts do not change the results: each
 # output row or value is computed by one thread in a fixed order.
 _SERIAL_NON_GEMM = True
+# GEMMs below this many multiply-adds run on 1 thread: ~1 ms single-threaded, and spared the
+# barrier stalls (P6/P7 levels).
+_GEMM_SERIAL_MACS = 1 << 28
 _SPARSE_THREADS = "auto"  # "auto" (measured), "serial" or "parallel"
 
 
@@ -245,8 +255,15 @@ class _Threads:
     def serial(self):
         return _num_threads(1) if self.active else contextlib.nullcontext()
 
-    def gemm(self):
-        return _num_threads(self.gemm_threads) if self.active else contextlib.nullcontext()
+    def gemm(self, macs: int):
+        """Around one dense GEMM of ``macs`` multiply-adds: all threads, unless it is tiny.
+
+        The rule depends on shapes only, so the results stay deterministic. MKL's GEMM gives
+        slightly different sums for different thread counts.
+        """
+        if self.active and macs >= _GEMM_SERIAL_MACS:
+            return _num_threads(self.gemm_threads)
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def sparse(self, kind: str, work: int):
@@ -323,9 +340,10 @@ def _sddmm(
     pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, cols: Tensor
 ) -> Tensor:
     """Per non-zero (r, q) of ``pattern``: <grad_cols[r], x_img[q]> ([nnz] values)."""
-    if x_img.shape[0] > 1:
+    if 9 * x_img.shape[0] >= _NNZ:
         return torch.sparse.sampled_addmm(pattern, grad_cols, x_img.t(), beta=0.0).values()
-    # sampled_addmm rejects a one-column pattern (a 1×1 map): gather instead.
+    # sampled_addmm fails when a pattern holds more non-zeros (with duplicates) than it has
+    # entries, i.e. for maps of 1 or 2 locations: gather instead.
     rows = rows_pat[: cols.numel()].long()
     return (grad_cols[rows] * x_img[cols.long()]).sum(1)
 
@@ -485,7 +503,10 @@ def _transpose_pattern(hw: int, chunk: int, device: torch.device) -> tuple[Tenso
 
 
 def _chunk_len(hw: int, channels: int) -> int:
-    return max(1, min(hw, _CHUNK_ELEMS // (9 * max(channels, 1))))
+    """Locations per chunk: at most ``_CHUNK_ELEMS / (9·channels)``, balanced over the image."""
+    most = max(1, _CHUNK_ELEMS // (9 * max(channels, 1)))
+    pieces = -(-hw // most)
+    return max(1, -(-hw // pieces))
 
 
 def _rows_to_nchw(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
@@ -497,13 +518,16 @@ def _rows_to_nchw(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
     return out.view(n, c, h, w)
 
 
-def _to_hwc(t: Tensor, dtype: torch.dtype) -> Tensor:
+def _to_hwc(t: Tensor, dtype: torch.dtype, threads: "_Threads") -> Tensor:
     """[N, C, H, W] (any strides) → contiguous [N·H·W, C] in ``dtype`` (a view when possible)."""
     n, c, h, w = t.shape
     nhwc = t.permute(0, 2, 3, 1)
     if nhwc.dtype == dtype and nhwc.is_contiguous():
         return nhwc.reshape(n * h * w, c)
-    return torch.empty((n, h, w, c), dtype=dtype, device=t.device).copy_(nhwc).view(n * h * w, c)
+    out = torch.empty((n, h, w, c), dtype=dtype, device=t.device)
+    with threads.sparse("copy", t.numel()):  # memory-bound: thread count tuned like sparse ops
+        out.copy_(nhwc)
+    return out.view(n * h * w, c)
 
 
 def _transposed_chunks(geo: "_Geometry", vals: Tensor, n: int, hw: int, chunk: int):
@@ -547,8 +571,7 @@ class _StarDeformConvFn(torch.autograd.Function):
             vals = geo.vals.to(sdt)
             # [O, 9C] with column k·C + c: W_k of tap k = 3·ky + kx, as the columns are laid out.
             wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)
-            with threads.sparse("copy", x.numel()):  # memory-bound, tuned like the sparse ops
-                xt = _to_hwc(x, sdt)  # [N·HW, C]
+            xt = _to_hwc(x, sdt, threads)  # [N·HW, C]
             out = torch.empty(n * hw, o, dtype=x.dtype, device=dev)
             if out.numel() and c == 0:
                 out.zero_()
@@ -568,7 +591,7 @@ class _StarDeformConvFn(torch.autograd.Function):
                             cols = _spmm(sm, x_img, buf[: 9 * ln]).view(ln, 9 * c)  # [ln, 9C]
                         if half:
                             cols = buf_h[:ln].copy_(cols)
-                        with threads.gemm():
+                        with threads.gemm(ln * 9 * c * o):
                             torch.mm(cols, wm.t(), out=out[g0 : g0 + ln])
         ctx.geo = geo
         ctx.dims = (n, c, h, w, o)
@@ -592,8 +615,7 @@ class _StarDeformConvFn(torch.autograd.Function):
         dev = xt.device
         threads = _Threads(dev)
         with threads.serial():
-            with threads.sparse("copy", grad_out.numel()):
-                go = _to_hwc(grad_out, dt)  # [N·HW, O]; a view for a channels-last grad
+            go = _to_hwc(grad_out, dt, threads)  # [N·HW, O]; a view for a channels-last grad
             # The chunk loop writes every element of gx and dots (chunk 0 of each image
             # overwrites gx with beta = 0), unless there is nothing to compute (C = 0 or O = 0).
             alloc = torch.empty if c and o else torch.zeros
@@ -620,7 +642,7 @@ class _StarDeformConvFn(torch.autograd.Function):
                         go_c = go[g0 : g0 + ln]
                         sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
                         if need_x or need_d:
-                            with threads.gemm():  # grad of the columns, [ln, 9C]
+                            with threads.gemm(ln * 9 * c * o):  # grad of the columns [ln, 9C]
                                 gc = torch.mm(go_c, wm, out=gbuf[:ln])
                             if half:
                                 gc = gbuf_s[: 9 * ln].view(ln, 9 * c).copy_(gc)
@@ -640,10 +662,10 @@ class _StarDeformConvFn(torch.autograd.Function):
                             if half:  # bf16/fp16 GEMM, accumulated over the chunks in float32
                                 cols = cbuf_h[:ln].copy_(cols)
                                 go_t = go_c.t().contiguous()
-                                with threads.gemm():
+                                with threads.gemm(ln * 9 * c * o):
                                     gw.add_(torch.mm(go_t, cols))
                             else:
-                                with threads.gemm():
+                                with threads.gemm(ln * 9 * c * o):
                                     gw.addmm_(go_c.t(), cols)
 
             grad_x = grad_d = grad_w = None
@@ -661,7 +683,6 @@ class _StarDeformConvFn(torch.autograd.Function):
             if need_w:
                 grad_w = gw.view(o, 9, c).transpose(1, 2).to(dt).reshape(o, c, 3, 3)
         return grad_x, grad_d, grad_w
-
 
 
 def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str = "auto") -> Tensor:
@@ -692,8 +713,9 @@ def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str =
           in it. The sample positions and the sparse sampling stay in float32. (The torchvision
           op computes in float32 under autocast.)
         * Memory: saves a channels-last copy of ``x`` plus ~0.3 kB per location for backward.
-          Each thread keeps two scratch buffers of up to 9·3072·max(C, O) elements (57 MB at
-          C = O = 256, float32) between calls; :func:`release_workspace` frees them.
+          Each thread keeps two scratch buffers of up to 9·8192·max(C, O) elements between
+          calls (≤ 75 MB each at C = O = 256 in float32; 70 MB each for P3 of 800×1216).
+          :func:`release_workspace` frees them.
 
     Raises:
         ValueError: on bad shapes, mixed devices or an unknown ``impl``.
