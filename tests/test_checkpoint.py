@@ -106,3 +106,23 @@ def test_convert_mmdet_checkpoint(tmp_path):
     ref = torch.load(src, weights_only=True)["state_dict"]
     assert list(ckpt["state_dict"]) == list(ref)
     assert torch.equal(ckpt["state_dict"]["neck.fpn_convs.4.conv.weight"], ref["neck.fpn_convs.4.conv.weight"].float())
+
+
+def test_slim_checkpoint_keeps_weights_in_half_precision(tmp_path):
+    from varifocal.checkpoint import slim_checkpoint
+
+    torch.manual_seed(0)
+    model = varifocal.build_model("vfnet_r18_fpn", num_classes=2)
+    full = tmp_path / "last.pth"
+    save_checkpoint(full, model, model_name="vfnet_r18_fpn", model_kwargs={"num_classes": 2}, class_names=["a", "b"],
+                    extra={"optimizer": {"state": {}, "param_groups": []}, "epoch": 12})
+    info = slim_checkpoint(full, tmp_path / "slim.pth")
+    slim = read_checkpoint(tmp_path / "slim.pth")
+    assert "optimizer" not in slim["raw"] and slim["raw"]["meta"]["epoch"] == 12
+    assert slim["state_dict"]["bbox_head.vfnet_cls.weight"].dtype == torch.float16
+    assert info["bytes"] < full.stat().st_size * 0.6
+    fresh = varifocal.build_model("vfnet_r18_fpn", num_classes=2)
+    varifocal.load_checkpoint(fresh, tmp_path / "slim.pth")
+    w = model.bbox_head.vfnet_cls.weight
+    assert torch.equal(fresh.bbox_head.vfnet_cls.weight, w.half().float())
+    assert fresh.class_names == ["a", "b"]

@@ -30,6 +30,7 @@ __all__ = [
     "save_checkpoint",
     "infer_model_name",
     "convert_mmdet_checkpoint",
+    "slim_checkpoint",
 ]
 
 FORMAT_VERSION = 1
@@ -287,3 +288,36 @@ def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, mod
         meta={"converted_from": str(src), "source_format": ckpt["format"]},
     )
     return {"model_name": name, "num_classes": kwargs["num_classes"], "class_names": info["class_names"]}
+
+
+def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True) -> dict[str, Any]:
+    """Keep only what inference needs from a varifocal (training) checkpoint: weights, model
+    name and kwargs, class names and meta; drop optimizer and RNG state. With ``half``,
+    floating weights are stored as float16 (loading casts them back to the model's dtype).
+
+    Returns:
+        ``{'bytes': size of dst, 'num_tensors': count}``.
+
+    Raises:
+        CheckpointError: if ``src`` is not a varifocal checkpoint.
+    """
+    ckpt = read_checkpoint(src)
+    if ckpt["format"] != "varifocal":
+        raise CheckpointError(f"{src}: not a varifocal checkpoint (format {ckpt['format']})")
+    raw = ckpt["raw"]
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    meta = dict(raw.get("meta") or {})
+    for key in ("epoch", "iteration", "cat_ids"):
+        if key in raw and key not in meta:
+            meta[key] = raw[key]
+    obj = {
+        "format": "varifocal",
+        "format_version": FORMAT_VERSION,
+        "model_name": raw.get("model_name"),
+        "model_kwargs": dict(raw.get("model_kwargs") or {}),
+        "class_names": raw.get("class_names"),
+        "state_dict": state,
+        "meta": meta,
+    }
+    atomic_torch_save(obj, dst)
+    return {"bytes": Path(dst).stat().st_size, "num_tensors": len(state)}
