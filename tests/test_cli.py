@@ -73,3 +73,12 @@ def test_predict_writes_json_and_drawings(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "out" / "BloodImage_00000.png").size == (640, 480)
+
+
+def test_convert_command(tmp_path, capsys):
+    from .conftest import shared_path
+
+    src = shared_path("golden", "vfnet_r50_coco80", "checkpoint.pth")
+    assert main(["convert", str(src), str(tmp_path / "r50.pth")]) == 0
+    assert "vfnet_r50_fpn, 80 classes" in capsys.readouterr().out
+    assert varifocal.checkpoint.read_checkpoint(tmp_path / "r50.pth")["model_name"] == "vfnet_r50_fpn"

@@ -154,3 +154,24 @@ def test_list_and_unknown_model():
     assert set(ZOO) | {"vfnet_lite0_fpn"} == set(names)
     with pytest.raises(ValueError, match="did you mean vfnet_r50_fpn"):
         varifocal.build_model("vfnet_r5O_fpn")
+
+
+def test_whole_detector_under_bfloat16_autocast():
+    """Spec §2.2: distances and losses stay float32 under autocast (bfloat16 on CPU)."""
+    torch.manual_seed(0)
+    model = varifocal.build_model("vfnet_r18_fpn", num_classes=3, scale=(96, 64))
+    images = [torch.rand(3, 64, 96) * 255, torch.rand(3, 50, 70) * 255]
+    targets = [{"boxes": torch.tensor([[10.0, 5.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)}]
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+        outs = model.bbox_head(model.extract_feat(model.preprocessor(images)[0]))
+    assert outs[0][0].dtype == torch.bfloat16  # logits in the autocast dtype
+    assert outs[1][0].dtype == torch.float32 and outs[2][0].dtype == torch.float32
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dets = model(images)
+    assert len(dets) == 2 and dets[0]["boxes"].dtype == torch.float32

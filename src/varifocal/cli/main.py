@@ -1,4 +1,4 @@
-"""The ``varifocal`` command: ``train``, ``val``, ``predict``, ``info``.
+"""The ``varifocal`` command: ``train``, ``val``, ``predict``, ``convert``, ``info``.
 
 Each takes an optional YAML config plus dotted overrides (``model.num_classes=3
 train.epochs=24``); unknown keys fail with a suggestion. Errors on bad input are one line on
@@ -210,6 +210,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from ..checkpoint import convert_mmdet_checkpoint
+
+    info = convert_mmdet_checkpoint(args.src, args.dst, args.model)
+    print(f"wrote {args.dst}: {info['model_name']}, {info['num_classes']} classes")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="varifocal", description="VarifocalNet detection: train, evaluate, predict.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,6 +249,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-draw", action="store_true", help="write only predictions.json")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("convert", help="convert an MMDetection VFNet checkpoint to varifocal's format")
+    p.add_argument("src", help="MMDetection checkpoint (.pth)")
+    p.add_argument("dst", help="output file")
+    p.add_argument("--model", default=None, help="builder name (default: inferred from the keys)")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("info", help="versions, device, and a check that the deformable conv runs")
     p.set_defaults(func=_cmd_info)
