@@ -124,8 +124,10 @@ def draw_detections(image: torch.Tensor, det: dict, class_names: Sequence[str] |
         f"{class_names[int(l)] if class_names else int(l)} {float(s):.2f}"
         for l, s in zip(det["labels"][keep], det["scores"][keep])
     ]
+    palette = ["red", "lime", "blue", "yellow", "cyan", "magenta", "orange", "white", "purple", "pink"]
+    colors = [palette[int(l) % len(palette)] for l in det["labels"][keep]]
     width = max(1, round(max(image.shape[1:]) / 400))
-    return draw_bounding_boxes(image, det["boxes"][keep], labels=labels, width=width, colors="red")
+    return draw_bounding_boxes(image, det["boxes"][keep], labels=labels, width=width, colors=colors)
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -211,8 +213,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert_mmdet_checkpoint
+    from ..checkpoint import convert_mmdet_checkpoint, slim_checkpoint
 
+    if read_checkpoint(args.src)["format"] == "varifocal":
+        info = slim_checkpoint(args.src, args.dst, half=args.fp16)
+        print(f"wrote {args.dst}: inference-only, {info['bytes'] / 2**20:.1f} MiB")
+        return 0
     info = convert_mmdet_checkpoint(args.src, args.dst, args.model)
     print(f"wrote {args.dst}: {info['model_name']}, {info['num_classes']} classes")
     return 0
@@ -250,10 +256,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("convert", help="convert an MMDetection VFNet checkpoint to varifocal's format")
-    p.add_argument("src", help="MMDetection checkpoint (.pth)")
+    p = sub.add_parser("convert", help="MMDetection VFNet checkpoint → varifocal format, or a varifocal "
+                                       "training checkpoint → inference-only weights")
+    p.add_argument("src", help="MMDetection or varifocal checkpoint (.pth)")
     p.add_argument("dst", help="output file")
     p.add_argument("--model", default=None, help="builder name (default: inferred from the keys)")
+    p.add_argument("--fp16", action="store_true", help="store weights as float16 (varifocal source only)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("info", help="versions, device, and a check that the deformable conv runs")
