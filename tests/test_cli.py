@@ -6,8 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
 
 import varifocal
 from varifocal.cli.main import main

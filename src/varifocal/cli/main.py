@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Sequence
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from ..config import Config, ConfigError, load_config, save_config
+from ..config import ConfigError, load_config, save_config
 from ..data import DataError, load_image
 from ..models.zoo import build_model
 
@@ -140,7 +139,6 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 
 
 def _draw_dataset(model, dataset, out_dir: Path, device, score_thr: float, limit: int) -> None:
-    from ..engine.trainer import run_inference
 
     records = dataset.records[:limit]
     for rec in records:

@@ -11,14 +11,12 @@ the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,7 +227,8 @@ def train(cfg: Config, resume: bool = False, max_iters: int | None = None) -> di
             checkpoint of a partial epoch is not written.
 
     Returns:
-        ``{'epoch', 'iteration', 'best_ap', 'last_metrics'}``.
+        ``{'epoch', 'iteration', 'best_ap', 'last_metrics', 'model'}`` (the trained model,
+        unwrapped from DDP).
 
     Raises:
         TrainingError: non-finite loss (the last good checkpoint stays), a class-count mismatch
