@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 
 import varifocal
 from varifocal.cli.main import main
@@ -80,3 +81,60 @@ def test_convert_command(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "r50.pth")]) == 0
     assert "vfnet_r50_fpn, 80 classes" in capsys.readouterr().out
     assert varifocal.checkpoint.read_checkpoint(tmp_path / "r50.pth")["model_name"] == "vfnet_r50_fpn"
+
+
+def _val_args(root: Path, ann: str, ckpt: Path, out_dir: Path) -> list[str]:
+    return ["val", f"data.root={root}", f"data.val_ann={ann}", "data.val_images=JPEGImages", "model.num_classes=3",
+            "model.test_scale=[128,96]", "--checkpoint", str(ckpt), "--out-dir", str(out_dir)]
+
+
+@pytest.fixture()
+def lite_ckpt(tmp_path):
+    model = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96])
+    ckpt = tmp_path / "m.pth"
+    varifocal.save_checkpoint(ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 3, "scale": [128, 96]})
+    return ckpt
+
+
+@pytest.mark.parametrize("problem", ["not_json", "unknown_image", "unknown_category"])
+def test_bad_annotation_file_exits_non_zero_with_one_line(problem, tmp_path, capsys, lite_ckpt):
+    root = tmp_path / "bccd"
+    (root / "annotations").mkdir(parents=True)
+    (root / "JPEGImages").symlink_to(BCCD / "JPEGImages")
+    data = json.loads((BCCD / "annotations" / "instances_val.json").read_text())
+    ann = root / "annotations" / "bad.json"
+    if problem == "not_json":
+        ann.write_text("{'images': [")  # truncated, single quotes: not JSON
+    else:
+        bad = data["annotations"][5]
+        bad["image_id" if problem == "unknown_image" else "category_id"] = 999999
+        ann.write_text(json.dumps(data))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "metrics.json").write_text("previous")
+    assert main(_val_args(root, "annotations/bad.json", lite_ckpt, out_dir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.json" in err
+    if problem != "not_json":
+        assert str(data["annotations"][5]["id"]) in err  # names the offending annotation
+    assert (out_dir / "metrics.json").read_text() == "previous"
+
+
+def test_skip_bad_images_trains_on_and_counts(tmp_path, capsys):
+    from .engine.test_trainer import tiny_config
+
+    cfg = tiny_config(tmp_path, "skip", epochs=1)
+    images = tmp_path / "images"
+    images.mkdir()
+    ann = json.loads((tmp_path / "tiny.json").read_text())
+    for im in ann["images"]:
+        shutil.copy(BCCD / "JPEGImages" / im["file_name"], images)
+    broken = images / ann["images"][2]["file_name"]
+    broken.write_bytes(broken.read_bytes()[:5000])
+    args = ["train", str(cfg), f"data.train_images={images}", f"data.val_images={images}"]
+    assert main(args) == 2  # without the flag: a one-line error naming the file
+    err = capsys.readouterr().err.strip()
+    assert broken.name in err and err.count("\n") == 0
+    assert main(args + ["--skip-bad-images"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 bad images" in out and "done: 1 epochs" in out
