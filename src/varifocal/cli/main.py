@@ -85,7 +85,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
             f"{args.checkpoint}: model has {model.num_classes} classes but {val_ds.source} has {val_ds.num_classes}"
         )
     start = time.time()
-    metrics, results = evaluate(model, val_ds, device, cfg.eval.batch_size, progress=True)
+    metrics, results, detections = evaluate(model, val_ds, device, cfg.eval.batch_size, progress=True)
     metrics["seconds"] = round(time.time() - start, 2)
     metrics["checkpoint"] = str(args.checkpoint)
     write_json_atomic(out_dir / "predictions.json", results)
@@ -93,7 +93,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     print(format_summary(metrics))
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.json'} ({len(val_ds)} images, {metrics['seconds']} s)")
     if args.draw:
-        _draw_dataset(model, val_ds, out_dir / "images", device, args.score_thr, args.draw)
+        _draw_dataset(val_ds, detections, model.class_names, out_dir / "images", args.score_thr, args.draw)
     return 0
 
 
@@ -138,16 +138,12 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def _draw_dataset(model, dataset, out_dir: Path, device, score_thr: float, limit: int) -> None:
-
+def _draw_dataset(dataset, detections, class_names, out_dir: Path, score_thr: float, limit: int) -> None:
+    """Draw the already computed ``detections`` (dataset order) on the first ``limit`` images."""
     records = dataset.records[:limit]
-    for rec in records:
+    for rec, det in zip(records, detections):
         image = load_image(rec.file_name)
-        with torch.no_grad():
-            model.eval()
-            (det,) = model([image.to(device).float()])
-        det = {k: v.cpu() for k, v in det.items()}
-        _save_png(draw_detections(image, det, model.class_names, score_thr), out_dir / (Path(rec.file_name).stem + ".png"))
+        _save_png(draw_detections(image, det, class_names, score_thr), out_dir / (Path(rec.file_name).stem + ".png"))
     print(f"drew {len(records)} images with detections above {score_thr} into {out_dir}")
 
 

@@ -208,12 +208,17 @@ def run_inference(model: nn.Module, dataset: Any, device: torch.device, batch_si
 
 
 def evaluate(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 1, num_workers: int = 0,
-             progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """COCO bbox metrics of ``model`` on ``dataset`` (spec §5.3); returns (metrics, COCO results)."""
+             progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
+    """COCO bbox metrics of ``model`` on ``dataset`` (spec §5.3).
+
+    Returns:
+        ``(metrics, COCO results list, detections)``; ``detections`` are those of
+        :func:`run_inference`, one dict per image in dataset order.
+    """
     detections, image_ids = run_inference(model, dataset, device, batch_size, num_workers, progress)
     results = detections_to_coco(detections, image_ids, dataset.cat_ids)
     evaluator = CocoEvaluator(dataset, dataset.class_names, dataset.cat_ids)
-    return evaluator.evaluate(results, image_ids=image_ids), results
+    return evaluator.evaluate(results, image_ids=image_ids), results, detections
 
 
 # ------------------------------------------------------------------------------ training
@@ -351,7 +356,7 @@ def train(cfg: Config, resume: bool = False, max_iters: int | None = None) -> di
         # 5. evaluate and checkpoint (main process writes; the others wait)
         if is_main:
             if val_ds is not None and t.eval_interval > 0 and ((epoch + 1) % t.eval_interval == 0 or epoch + 1 == t.epochs):
-                last_metrics, _ = evaluate(model, val_ds, device, cfg.eval.batch_size)
+                last_metrics, _, _ = evaluate(model, val_ds, device, cfg.eval.batch_size)
                 ap = float(last_metrics["stats"]["AP"])
                 log.record("val", iteration, {"epoch": epoch + 1, **last_metrics["stats"]})
                 log.print(f"epoch {epoch + 1}: AP {ap:.4f} AP50 {last_metrics['stats']['AP50']:.4f}")
