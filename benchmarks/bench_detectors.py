@@ -53,6 +53,8 @@ What is measured:
    at P3 size (``--star-shape``, default [1, 256, 100, 152]; distances U(1, 12) cells as in
    ``bench_star_conv.py``), forward (no_grad) and forward+backward (grads of x, weight and
    distances), ``impl='fast'`` and ``impl='torchvision'``. Acceptance 1: fast fwd ≤ 1.5× conv.
+   These cases are cheap, so they run in rounds of their own after the models (same process,
+   same round-robin), ``--star-repeat`` timed rounds (default 15) after max(``--warmup``, 3).
 5. The machine's compute limit, in the same rounds: a float32 ``torch.mm`` of two
    ``--peak-size``² matrices (2·n³ FLOPs), median FLOP/s.
 6. FLOPs of every model and mode, counted once (untimed) with
@@ -113,6 +115,9 @@ NUM_CLASSES = 80
 MODELS = ("vfnet_r50", "fcos_r50", "retinanet_r50")
 BASELINE = "fcos_r50"
 TRAIN_BATCH = 2
+# Warm-up rounds of the star conv section at least: the fast path picks its sparse thread count
+# from a few measured calls.
+STAR_WARMUP = 3
 GT_PER_IMAGE = 5
 MiB = 1024 * 1024
 
@@ -140,6 +145,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"training step size WxH, batch {TRAIN_BATCH} (default 640x640)")
     p.add_argument("--repeat", type=int, default=5, help="timed rounds (median of N)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--star-repeat", type=int, default=15,
+                   help="timed rounds of the star conv vs conv3x3 section, which runs in its own "
+                        "rounds after the models (cheap ops: more runs, less noise; default 15)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: leave torch's own count)")
     p.add_argument("--skip-memory", action="store_true", help="no peak-memory child processes")
@@ -157,8 +165,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-scores", action="store_true",
                    help="classifier biases 0 (scores 0.5) so post-processing gets busy")
     args = p.parse_args(argv)
-    if args.repeat < 1 or args.warmup < 0:
-        p.error("--repeat must be ≥ 1 and --warmup ≥ 0")
+    if args.repeat < 1 or args.warmup < 0 or args.star_repeat < 1:
+        p.error("--repeat and --star-repeat must be ≥ 1 and --warmup ≥ 0")
     return args
 
 
@@ -645,8 +653,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             check_backbone_input(model, step, batch)
             cases.append(Case("model", name, "train", _size_name(args.train_size), step, flops))
             checked.append(f"{name} train {tuple(batch.shape)}")
-    cases += star_cases(args.star_shape)
     cases.append(peak_case(args.peak_size))
+    star_all = star_cases(args.star_shape)
     print(f"set-up {time.perf_counter() - t_setup:.1f} s; the backbone of every model got the "
           f"same tensor: {'; '.join(checked)}", flush=True)
 
@@ -654,6 +662,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"timing {len(cases)} cases: {args.warmup} warm-up + {args.repeat} timed rounds",
           flush=True)
     run_rounds(cases, args.warmup, args.repeat)
+    star_warmup = max(args.warmup, STAR_WARMUP)
+    print(f"timing the star conv section ({len(star_all)} cases): {star_warmup} warm-up + "
+          f"{args.star_repeat} timed rounds", flush=True)
+    run_rounds(star_all, star_warmup, args.star_repeat)
+    cases += star_all
     load_after = os.getloadavg()
 
     # ---- tables -----------------------------------------------------------------------------
@@ -723,10 +736,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{'whole predict()':<24}{whole.median * 1e3:>11.1f}{100.0:>12.1f}")
 
     star_rows = []
-    star_all = [c for c in cases if c.group == "star"]
     print()
     print(f"== star deformable conv vs nn.Conv2d 3x3 at {star_all[0].size} "
-          f"(median of N={n_runs}; ratio = this / conv3x3 in the same mode)")
+          f"(median of N={args.star_repeat} after {star_warmup} warm-up, in rounds of their "
+          f"own; ratio = this / conv3x3 in the same mode)")
     print(f"{'op':<18}{'mode':<9}{'median ms':>11}{'ratio':>8}{'% peak':>8}")
     for case in star_all:
         base = lookup("star", "conv3x3", case.mode, case.size)
@@ -775,7 +788,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_avg_before": list(load_before), "load_avg_after": list(load_after),
         "settings": {"sizes": [_size_name(s) for s in args.sizes],
                      "train_size": _size_name(args.train_size), "train_batch": TRAIN_BATCH,
-                     "repeat": args.repeat, "warmup": args.warmup, "star_impl": args.star_impl,
+                     "repeat": args.repeat, "warmup": args.warmup,
+                     "star_repeat": args.star_repeat, "star_warmup": star_warmup,
+                     "star_impl": args.star_impl,
                      "star_shape": args.star_shape, "peak_size": args.peak_size,
                      "tv_bn": args.tv_bn, "dense_scores": args.dense_scores,
                      "skip_train": args.skip_train, "skip_memory": args.skip_memory,

@@ -37,8 +37,10 @@ def _rel(a, b):
 @pytest.fixture
 def small_chunks(monkeypatch):
     # 3 locations per chunk when C = O = 5/6: many chunks, a partial last one, and chunks
-    # that do not divide H·W, which exercises the chunked fast path on tiny inputs.
+    # that do not divide H·W, which exercises the chunked fast path on tiny inputs. The
+    # forward's tap products hold 4 output channels of a 7×9 map: O = 6 runs as 4 + 2.
     monkeypatch.setattr(sdc, "_CHUNK_ELEMS", 9 * 3 * 6)
+    monkeypatch.setattr(sdc, "_TAPS_ELEMS", 9 * 63 * 4)
 
 
 def test_offsets_match_spec_table():
@@ -78,6 +80,51 @@ def test_fast_matches_torchvision_forward_and_backward(dtype, tol, chunked, requ
     assert (fast[0] - ref[0]).abs().max().item() <= tol  # absolute, forward
     for name, a, b in zip(("x", "distances", "weight"), fast[1:], ref[1:]):
         assert _rel(a, b) <= tol, name
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_no_grad_forward_equals_autograd_forward_across_shapes(chunked, request):
+    # Without autograd the geometry lives in per-thread scratch buffers that the next call
+    # overwrites; results handed out earlier and later calls of other shapes stay correct.
+    if chunked:
+        request.getfixturevalue("small_chunks")
+    shapes = [dict(n=2, h=7, w=9), dict(n=1, h=4, w=13, hi=20.0), dict(n=2, h=7, w=9, seed=5)]
+    outs, refs = [], []
+    for kw in shapes:
+        x, d, w = _inputs(dtype=torch.float32, **kw)
+        with torch.no_grad():
+            outs.append(star_deform_conv2d(x, d, w, impl="fast"))
+        with_grad = star_deform_conv2d(x, d, w.requires_grad_(), impl="fast")
+        assert torch.equal(outs[-1], with_grad.detach())
+        refs.append(star_deform_conv2d_reference(x, d, w.detach()))
+    for out, ref in zip(outs, refs):
+        assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_tap_index_and_weights_by_hand():
+    # One location at (1, 1) of a 3×4 map with (l, t, r, b) = (0.5, 1, 1.25, 0): taps k0..k2
+    # sample row 0, k3..k5 and k6..k8 row 1; columns 0.5, 1 and 2.25.
+    d = torch.tensor([0.5, 1.0, 1.25, 0.0]).view(1, 4, 1, 1).expand(1, 4, 3, 4).contiguous()
+    geo = sdc._Geometry(d, 3, 4, torch.float64)
+    p = 1 * 4 + 1
+    idx = geo.tap_index.view(12, 25)[p]
+    vals = geo.vals.view(12, 25)[p]
+    reads = {}
+    for i, v in zip(idx.tolist(), vals.tolist()):
+        q, k = divmod(i, 9)
+        reads[(k, q)] = reads.get((k, q), 0.0) + v
+    expected = {}
+    for ky, row in enumerate((0, 1, 1)):  # y: 1 − 1, 1 + 0 (centre), 1 + 0
+        for kx, (c0, frac) in enumerate(((0, 0.5), (1, 0.0), (2, 0.25))):  # x: 0.5, 1, 2.25
+            for col, wgt in ((c0, 1 - frac), (c0 + 1, frac)):
+                key = (3 * ky + kx, row * 4 + col)
+                expected[key] = expected.get(key, 0.0) + wgt
+    got = {key: v for key, v in reads.items() if v != 0.0}
+    want = {key: v for key, v in expected.items() if v != 0.0}
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12)
+    assert torch.equal(geo.cols, geo.tap_index // 9)
 
 
 def test_fast_float32_at_head_like_width():

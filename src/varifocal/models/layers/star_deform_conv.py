@@ -15,25 +15,33 @@ Two implementations give the same numbers (to float rounding):
 
 * ``'torchvision'``: ``deform_conv2d(x, star_offsets(distances), weight, padding=1)``. This is
   the generic op, and the one used on CUDA.
-* ``'fast'`` (CPU). The sampling is linear in x, and the star fixes its pattern. Per location
-  the star needs only 25 neighbour reads: 4 corner taps × 4 neighbours, 4 edge taps × 2
-  neighbours (they move along one axis only), and 1 read for the centre tap. These reads form
-  a sparse matrix ``S`` [9·HW, HW] with 25 non-zeros per location.
-  - Forward: the sampled columns are ``cols = S @ x_hwc`` [HW, 9·C] (an MKL CSR product through
-    ``torch.addmm``). Then ``out = cols @ W`` [9·C, O] is a dense GEMM with the same FLOPs as
-    the plain convolution. The work runs in chunks of ≤ 8k locations, with reused scratch buffers
-    (see :func:`release_workspace`), so the 9·C-wide intermediate never exists whole. Touching a
-    fresh 140 MB buffer for the first time would alone cost about half a convolution.
+* ``'fast'`` (CPU). Per location the star needs only 25 neighbour reads: 4 corner taps × 4
+  neighbours, 4 edge taps × 2 neighbours (they move along one axis only), and 1 read for the
+  centre tap. They are all pairs of 5 row sources (floor and floor+1 of the top and bottom
+  rows, the own row) and 5 column sources, so their indices and bilinear weights come from two
+  small per-location tables (:class:`_Geometry`).
+  - Forward (float32/float64): sampling is linear and commutes with the channel mixing, so
+    ``out = Σ_k S_k (x W_k)``. One GEMM ``taps = x_hwc @ [W_0 … W_8]`` [HW, 9·O] (the FLOPs of
+    the plain conv; x is read in its own layout, no transpose), then every output row sums its
+    25 reads of ``taps`` with their weights (``F.embedding_bag`` with per-sample weights). Only
+    the [HW, O] output is written, not a 9·C-wide column matrix. ``taps`` lives in a reused
+    scratch buffer (see :func:`release_workspace`): a fresh 150 MB tensor would cost its page
+    faults, about half a convolution on a VM. Without autograd, the geometry uses scratch
+    buffers too.
+  - Forward (float16/bfloat16): the reads form a sparse matrix ``S`` [9·HW, HW] with 25
+    non-zeros per location; ``cols = S @ x_hwc`` [HW, 9·C] (an MKL CSR product through
+    ``torch.addmm``) runs in float32, then ``cols @ W`` [9·C, O] in 16 bits, in chunks of ≤ 8k
+    locations with reused buffers.
   - Backward: ``grad_cols = grad_out @ Wᵀ`` (GEMM), ``grad_x = Sᵀ @ grad_cols`` (sparse, with
     Sᵀ built by one sort of the non-zeros), and ``grad_W = grad_outᵀ @ cols`` (GEMM, with the
     columns recomputed per chunk). The distance gradient applies the analytic derivative of the
     bilinear weights (torchvision's one-sided one) to ``<grad_cols, x[neighbour]>``, computed
     with ``torch.sparse.sampled_addmm``.
   - Threads: the dense GEMMs use all intra-op threads (tiny P6/P7-sized ones use 1). The small
-    index/weight ops run on the calling thread. The sparse products and the big layout copies
-    use 1 or all threads, whichever measures faster at run time; this does not change the
-    numbers. The op then stays fast both on an idle CPU and on one shared with other busy
-    processes (see ``_SERIAL_NON_GEMM``).
+    index/weight ops run on the calling thread. The sparse products, the weighted gather and
+    the big layout copies use 1 or all threads, whichever measures faster at run time; this
+    does not change the numbers. The op then stays fast both on an idle CPU and on one shared
+    with other busy processes (see ``_SERIAL_NON_GEMM``).
 
 ``impl='auto'`` picks ``'fast'`` on CPU and ``'torchvision'`` on other devices, where the
 generic kernel is the faster one. ``'fast'`` on CUDA is untested.
@@ -48,6 +56,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
@@ -405,74 +414,154 @@ for _e, (_rs, _cs) in enumerate(zip(_ROW_SRC, _COL_SRC)):
 del _e, _rs, _cs
 
 
-def _source_table(distances: Tensor, height: int, width: int, pos_dtype: torch.dtype):
-    """Flat offsets, bilinear weights and weight derivatives of the 10 sources, [10, N·H·W].
+# [11, 25] selections for offᵀ @ sel (row 10 of off is ones): q, and q·9 + k with k the tap of
+# read e (the reads are grouped by tap, see above).
+_SEL_ROW_COL = torch.cat([_SEL_ROW + _SEL_COL, torch.zeros(1, _NNZ, dtype=torch.float64)])
+_SEL_TAP_INDEX = torch.cat([
+    (_SEL_ROW + _SEL_COL) * 9,
+    torch.tensor([[k for k, nnz in enumerate(_TAP_NNZ) for _ in range(nnz)]], dtype=torch.float64),
+])
 
-    Offsets (float64, integral): row sources hold row·W and column sources the column, clamped
-    into the map, so a read's flat index within its image is off[row source] + off[column
-    source]. Weights: (1−f, f) for a floor/floor+1 pair, zeroed where that row or column lies
-    outside the map (zero padding), and 1 for the location's own row or column. Derivatives:
-    ∂weight/∂coordinate = (−1, +1) under the same masks, and 0 for the own row or column. A read's
-    weight is w[row source]·w[column source]. That is exactly torchvision's bilinear_interpolate,
-    and the derivative is torchvision's one-sided (floor based) offset gradient. Non-finite
-    coordinates read nothing.
+
+def _fresh(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A new tensor (the allocator of geometry kept for backward); ``slot`` is ignored."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A reused per-thread buffer (the allocator of geometry that dies with the call).
+
+    On CPU each fresh MB-sized tensor costs its page faults on first touch; on this VM that is
+    ~0.4 ms per MB, as much as the arithmetic of the whole geometry.
+    """
+    return _workspace("geo_" + slot, shape, dtype, device)
+
+
+def _source_table(
+    distances: Tensor, height: int, width: int, pos_dtype: torch.dtype, alloc=_fresh
+):
+    """Flat offsets, bilinear weights and in-map masks of the 10 sources, [11/10/8, N·H·W].
+
+    Returns ``(off, wts, inside)``. Offsets ``off`` [11, N·H·W] (float64, integral): row
+    sources hold row·W and column sources the column, clamped into the map, so a read's flat
+    index within its image is off[row source] + off[column source]; row 10 is all ones (a bias
+    row for :attr:`_Geometry.tap_index`). Weights ``wts`` [10, N·H·W] (pos_dtype): (1−f, f) for
+    a floor/floor+1 pair, zeroed where that row or column lies outside the map (zero padding),
+    and 1 for the location's own row or column. ``inside`` [8, N·H·W] (bool) marks the pairs
+    inside the map. A read's weight is w[row source]·w[column source]. That is exactly
+    torchvision's bilinear_interpolate. Non-finite coordinates read nothing. ``alloc(slot,
+    shape, dtype, device)`` provides the tensors (:func:`_fresh` or :func:`_scratch`).
     """
     d = distances.detach().to(pos_dtype)
     dev = d.device
     n = d.shape[0]
+    p = n * height * width
     l, t, r, b = d.unbind(1)  # [N, H, W]
     iy = torch.arange(height, device=dev, dtype=pos_dtype).view(1, height, 1)
     jx = torch.arange(width, device=dev, dtype=pos_dtype).view(1, 1, width)
     # Same float ops as torchvision: (integer base of the tap) + offset from star_offsets.
-    coord = torch.stack(
-        [(iy - 1) + (1 - t), (iy + 1) + (b - 1), (jx - 1) + (1 - l), (jx + 1) + (r - 1)]
-    ).view(4, -1)  # y_top, y_bottom, x_left, x_right
-    size = torch.tensor([height, height, width, width], device=dev, dtype=pos_dtype).view(4, 1)
-    coord = torch.nan_to_num(coord, nan=-2.0, posinf=2.0 * max(height, width), neginf=-2.0)
-    c = torch.minimum(coord.clamp_min(-2.0), size + 1)
-    c0 = torch.floor(c)
-    f = c - c0
-    pair = torch.cat([c0, c0 + 1])  # [8, NHW]: floors, then floors + 1 (integral values)
-    size8 = torch.cat([size, size])
-    inside = ((pair >= 0) & (pair < size8)).to(pos_dtype)
-    mult8 = torch.tensor([width, width, 1, 1] * 2, device=dev, dtype=torch.float64).view(8, 1)
-    off8 = torch.minimum(pair.clamp_min(0), size8 - 1).to(torch.float64) * mult8
-    own_row = (torch.arange(height, device=dev, dtype=torch.float64) * width).view(1, height, 1)
-    own_col = torch.arange(width, device=dev, dtype=torch.float64).view(1, 1, width)
-    own = torch.stack([own_row.expand(n, height, width), own_col.expand(n, height, width)])
-    off = torch.cat([off8, own.view(2, -1)])
-    ones = torch.ones(2, c.shape[1], device=dev, dtype=pos_dtype)
-    wts = torch.cat([torch.cat([1 - f, f]) * inside, ones])
-    sign = torch.tensor([-1.0] * 4 + [1.0] * 4, device=dev, dtype=pos_dtype).view(8, 1)
-    der = torch.cat([inside * sign, ones * 0])
-    return off, wts, der
+    coord = alloc("coord", (4, n, height, width), pos_dtype, dev)
+    torch.sub(1, t, out=coord[0]).add_(iy - 1)  # y_top
+    torch.sub(b, 1, out=coord[1]).add_(iy + 1)  # y_bottom
+    torch.sub(1, l, out=coord[2]).add_(jx - 1)  # x_left
+    torch.sub(r, 1, out=coord[3]).add_(jx + 1)  # x_right
+    coord = coord.view(4, p)
+    torch.nan_to_num_(coord, nan=-2.0, posinf=2.0 * max(height, width) + 2.0, neginf=-2.0)
+    floor = alloc("floor", (4, p), pos_dtype, dev)
+    lo = alloc("lo", (4, p), pos_dtype, dev)
+    hi = alloc("hi", (4, p), pos_dtype, dev)
+    inside = alloc("inside", (8, p), torch.bool, dev)
+    wts = alloc("wts", (10, p), pos_dtype, dev)
+    off = alloc("off", (11, p), torch.float64, dev)
+    # Rows (y_top, y_bottom) and columns (x_left, x_right), with scalar bounds per group.
+    for pair, size, mult in ((slice(0, 2), height, width), (slice(2, 4), width, 1)):
+        c = coord[pair].clamp_(-2.0, size + 1.0)
+        f0 = torch.floor(c, out=floor[pair])
+        frac = c.sub_(f0)
+        torch.clamp(f0, 0, size - 1, out=lo[pair])  # floor, clamped into the map
+        torch.add(f0, 1, out=hi[pair])
+        torch.eq(lo[pair], f0, out=inside[pair])
+        torch.eq(hi[pair].clamp(0, size - 1), hi[pair], out=inside[4:][pair])
+        hi[pair].clamp_(0, size - 1)  # floor + 1, clamped
+        torch.sub(1, frac, out=wts[pair]).masked_fill_(~inside[pair], 0)
+        wts[4:8][pair].copy_(frac).masked_fill_(~inside[4:][pair], 0)
+        torch.mul(lo[pair], mult, out=off[pair])
+        torch.mul(hi[pair], mult, out=off[4:8][pair])
+    wts[8:] = 1
+    off[8].view(n, height, width).copy_(iy * width)  # own row · W
+    off[9].view(n, height, width).copy_(jx)  # own column
+    off[10] = 1
+    return off, wts, inside
 
 
 class _Geometry:
-    """The 25 neighbour reads per location (indices, weights) and the distance gradient."""
+    """The 25 neighbour reads per location (indices, weights) and the distance gradient.
 
-    def __init__(self, distances: Tensor, height: int, width: int, pos_dtype: torch.dtype):
-        off, wts, der = _source_table(distances, height, width, pos_dtype)
+    Attributes: ``vals`` [N·H·W·25] bilinear weights of the reads (location-major, grouped by
+    tap); ``tap_index`` and ``cols`` (computed on first use) [N·H·W·25] int32: ``q·9 + k`` and
+    ``q`` for the read of neighbour q (flat within its image) by tap k. With ``scratch=True``
+    all of them live in reused per-thread buffers and are valid only until the next call on the
+    thread (for no-grad forwards); otherwise they are fresh tensors, kept for backward.
+    """
+
+    def __init__(
+        self,
+        distances: Tensor,
+        height: int,
+        width: int,
+        pos_dtype: torch.dtype,
+        scratch: bool = False,
+    ):
+        self.alloc = alloc = _scratch if scratch else _fresh
+        off, wts, inside = _source_table(distances, height, width, pos_dtype, alloc)
         dev = off.device
+        p = off.shape[1]
         self.shape = (distances.shape[0], height, width)
         self.sel_row = _SEL_ROW.to(dev, pos_dtype)
         self.sel_col = _SEL_COL.to(dev, pos_dtype)
-        # [N·H·W·25], location-major: flat index within the image (an exact float64 matmul
-        # with one-hot columns does the gather) and bilinear weight.
-        sel = (_SEL_ROW + _SEL_COL).to(dev)
-        self.cols = torch.mm(off.t(), sel).to(torch.int32).view(-1)
-        self.vals = (torch.mm(wts.t(), self.sel_row) * torch.mm(wts.t(), self.sel_col)).view(-1)
-        self.wts, self.der = wts, der
+        wts_t = wts.t()
+        row_w = torch.mm(wts_t, self.sel_row, out=alloc("row_w", (p, _NNZ), pos_dtype, dev))
+        col_w = torch.mm(wts_t, self.sel_col, out=alloc("col_w", (p, _NNZ), pos_dtype, dev))
+        self.vals = row_w.mul_(col_w).view(-1)
+        self._off, self._wts, self._inside = off, wts, inside
+        self._cols: Tensor | None = None
+        self._tap_index: Tensor | None = None
+
+    def _gather(self, slot: str, sel: Tensor) -> Tensor:
+        """[N·H·W·25] int32 = offᵀ @ sel: an exact float64 matmul with one-hot columns."""
+        dev = self._off.device
+        p = self._off.shape[1]
+        acc = torch.mm(self._off.t(), sel.to(dev), out=self.alloc(slot + "64", (p, _NNZ),
+                                                                   torch.float64, dev))
+        return self.alloc(slot, (p, _NNZ), torch.int32, dev).copy_(acc).view(-1)
+
+    @property
+    def cols(self) -> Tensor:
+        if self._cols is None:
+            self._cols = self._gather("cols", _SEL_ROW_COL)
+        return self._cols
+
+    @property
+    def tap_index(self) -> Tensor:
+        if self._tap_index is None:
+            self._tap_index = self._gather("tap_index", _SEL_TAP_INDEX)
+        return self._tap_index
 
     def distance_grad(self, dots: Tensor) -> Tensor:
         """∂L/∂(l,t,r,b) [N,4,H,W] from ``dots`` [N·H·W, 25] = <grad_cols[(p,k)], x[read]>."""
-        dt = self.wts.dtype
+        dt = self._wts.dtype
         dots = dots.to(dt)
-        wts_t, der_t = self.wts.t(), self.der.t()
+        dev = dots.device
+        # ∂weight/∂coordinate of each source: −1 / +1 for a floor / floor+1 inside the map, and
+        # 0 for the own row and column (torchvision's one-sided derivative).
+        der = torch.zeros(10, self._wts.shape[1], device=dev, dtype=dt)
+        der[:4] = self._inside[:4]
+        der[:4].neg_()
+        der[4:8] = self._inside[4:]
+        wts_t, der_t = self._wts.t(), der.t()
         # ∂weight/∂(row coordinate) and ∂weight/∂(column coordinate) of every read.
         d_row = torch.mm(der_t, self.sel_row) * torch.mm(wts_t, self.sel_col)
         d_col = torch.mm(wts_t, self.sel_row) * torch.mm(der_t, self.sel_col)
-        dev = dots.device
         g = torch.mm(d_row * dots, _TO_LTRB_ROW.to(dev, dt))
         g.addmm_(d_col * dots, _TO_LTRB_COL.to(dev, dt))  # [N·H·W, 4]
         n, h, w = self.shape
@@ -553,68 +642,136 @@ def _transposed_chunks(geo: "_Geometry", vals: Tensor, n: int, hw: int, chunk: i
     return t_crow, t_rows, vals[perm]
 
 
+# Most elements of the forward's tap-product buffer [H·W, 9·O'] (O' ≤ O output channels per
+# pass): 9·256·16800 (P3 of a 1333×800 input, 155 MB in float32) runs in one pass.
+_TAPS_ELEMS = 9 * 256 * 16800
+
+
+def _forward_taps(x: Tensor, geo: _Geometry, weight: Tensor, threads: "_Threads") -> Tensor:
+    """Forward as Σ_k S_k (x W_k): one GEMM, then a weighted gather. Returns [N·H·W, O].
+
+    Sampling commutes with the channel mixing, so the GEMM comes first: ``taps = x_hwc @ W9``
+    [H·W, 9·O] holds x·W_k of every location and tap, and output p sums its 25 reads of that
+    buffer with their bilinear weights (``embedding_bag`` with per-sample weights). The GEMM
+    reads x in its own layout (NCHW or channels-last, no transpose) and has the FLOPs of the
+    plain conv. The gather writes only the [H·W, O] output, where sampling first would write a
+    9·C-wide column buffer. O is split into passes when the buffer would exceed ``_TAPS_ELEMS``.
+    """
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    hw = h * w
+    index = geo.tap_index.view(n * hw, _NNZ)
+    vals = geo.vals.view(n * hw, _NNZ).to(x.dtype)
+    w_taps = weight.permute(1, 2, 3, 0)  # [C, 3, 3, O]: tap-major columns k·O + o
+    step = max(1, min(o, _TAPS_ELEMS // max(9 * hw, 1)))
+    out = None if n == 1 and step >= o else torch.empty(n * hw, o, dtype=x.dtype, device=x.device)
+    for im in range(n):
+        x_img = x[im].reshape(c, hw).t()  # [HW, C], a view for NCHW and channels-last
+        rows = slice(im * hw, (im + 1) * hw)
+        for o0 in range(0, o, step):
+            oc = min(step, o - o0)
+            w9 = w_taps[..., o0 : o0 + oc].reshape(c, 9 * oc)
+            taps = _workspace("taps", (hw, 9 * oc), x.dtype, x.device)
+            with threads.gemm(hw * c * 9 * oc):
+                torch.mm(x_img, w9, out=taps)
+            with threads.sparse("gather", _NNZ * hw * oc):
+                res = F.embedding_bag(
+                    index[rows], taps.view(9 * hw, oc), per_sample_weights=vals[rows], mode="sum"
+                )  # [HW, oc]
+            if out is None:
+                return res
+            out[rows, o0 : o0 + oc] = res
+    return out
+
+
+def _forward_columns(x: Tensor, geo: _Geometry, weight: Tensor, threads: "_Threads") -> Tensor:
+    """Forward as sampled columns, then a GEMM (float16/bfloat16). Returns [N·H·W, O].
+
+    The sampling (an MKL CSR product) runs in float32 and the GEMM in x's dtype, so the sample
+    positions and bilinear weights keep float32 precision.
+    """
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    hw = h * w
+    dev = x.device
+    vals = geo.vals
+    wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)  # [O, 9C], columns k·C + c
+    xt = _to_hwc(x, torch.float32, threads)  # [N·HW, C]
+    out = torch.empty(n * hw, o, dtype=x.dtype, device=dev)
+    chunk = _chunk_len(hw, c)
+    crow, _ = _chunk_pattern(chunk, dev)
+    buf = _workspace("cols", (9 * chunk, c), torch.float32, dev)
+    buf_h = _workspace("cols_h", (chunk, 9 * c), x.dtype, dev)
+    for im in range(n):
+        x_img = xt[im * hw : (im + 1) * hw]
+        for s in range(0, hw, chunk):
+            ln = min(chunk, hw - s)
+            g0 = im * hw + s
+            p0, p1 = g0 * _NNZ, (g0 + ln) * _NNZ
+            sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
+            with threads.sparse("spmm", _NNZ * ln * c):
+                cols = _spmm(sm, x_img, buf[: 9 * ln]).view(ln, 9 * c)  # [ln, 9C] float32
+            cols = buf_h[:ln].copy_(cols)
+            with threads.gemm(ln * 9 * c * o):
+                torch.mm(cols, wm.t(), out=out[g0 : g0 + ln])
+    return out
+
+
+def _star_forward(
+    x: Tensor, distances: Tensor, weight: Tensor, scratch: bool
+) -> tuple[Tensor, _Geometry]:
+    """Forward of the fast path: ``(out [N, O, H, W] channels-last, geometry)``.
+
+    ``scratch=True`` (no backward will follow) keeps the geometry in reused buffers.
+    """
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    threads = _Threads(x.device)
+    with threads.serial():
+        # Sample positions in float32 (float64 for float64 inputs), also for 16-bit x.
+        pos_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        geo = _Geometry(distances, h, w, pos_dtype, scratch=scratch)
+        if n * h * w * o == 0 or c == 0:
+            out = torch.zeros(n * h * w, o, dtype=x.dtype, device=x.device)
+        elif x.dtype in (torch.float16, torch.bfloat16):
+            out = _forward_columns(x, geo, weight, threads)
+        else:
+            out = _forward_taps(x, geo, weight, threads)
+    return out.view(n, h, w, o).permute(0, 3, 1, 2), geo
+
+
 class _StarDeformConvFn(torch.autograd.Function):
-    """out = Σ_k W_k · sample_k(x): sparse sampling, then one GEMM per chunk of locations."""
+    """out = Σ_k W_k · sample_k(x); forward by :func:`_forward_taps` (or columns for 16-bit)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        o = weight.shape[0]
-        hw = h * w
-        dev = x.device
-        half = x.dtype in (torch.float16, torch.bfloat16)
-        sdt = torch.float32 if half else x.dtype  # dtype of the sparse products
-        pos_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        threads = _Threads(dev)
-        with threads.serial():
-            geo = _Geometry(distances, h, w, pos_dtype)
-            vals = geo.vals.to(sdt)
-            # [O, 9C] with column k·C + c: W_k of tap k = 3·ky + kx, as the columns are laid out.
-            wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)
-            xt = _to_hwc(x, sdt, threads)  # [N·HW, C]
-            out = torch.empty(n * hw, o, dtype=x.dtype, device=dev)
-            if out.numel() and c == 0:
-                out.zero_()
-            elif out.numel():
-                chunk = _chunk_len(hw, c)
-                crow, _ = _chunk_pattern(chunk, dev)
-                buf = _workspace("cols", (9 * chunk, c), sdt, dev)
-                buf_h = _workspace("cols_h", (chunk, 9 * c), x.dtype, dev) if half else None
-                for im in range(n):
-                    x_img = xt[im * hw : (im + 1) * hw]
-                    for s in range(0, hw, chunk):
-                        ln = min(chunk, hw - s)
-                        g0 = im * hw + s
-                        p0, p1 = g0 * _NNZ, (g0 + ln) * _NNZ
-                        sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
-                        with threads.sparse("spmm", _NNZ * ln * c):
-                            cols = _spmm(sm, x_img, buf[: 9 * ln]).view(ln, 9 * c)  # [ln, 9C]
-                        if half:
-                            cols = buf_h[:ln].copy_(cols)
-                        with threads.gemm(ln * 9 * c * o):
-                            torch.mm(cols, wm.t(), out=out[g0 : g0 + ln])
+        out, geo = _star_forward(x, distances, weight, scratch=False)
+        geo._tap_index = None  # backward reads the columns, not the tap products
         ctx.geo = geo
-        ctx.dims = (n, c, h, w, o)
         ctx.dist_dtype = distances.dtype
         ctx.x_channels_last = not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last
         )
-        ctx.save_for_backward(xt, vals, wm)
-        return out.view(n, h, w, o).permute(0, 3, 1, 2)  # channels-last [N, O, H, W]
+        ctx.save_for_backward(x, weight)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        xt, vals, wm = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         geo: _Geometry = ctx.geo
-        n, c, h, w, o = ctx.dims
+        n, c, h, w = x.shape
+        o = weight.shape[0]
         hw = h * w
         need_x, need_d, need_w = ctx.needs_input_grad[:3]
-        dt = wm.dtype
+        dt = x.dtype
         half = dt in (torch.float16, torch.bfloat16)
-        sdt = xt.dtype
-        dev = xt.device
+        sdt = torch.float32 if half else dt  # dtype of the sparse products
+        dev = x.device
         threads = _Threads(dev)
         with threads.serial():
+            vals = geo.vals.to(sdt)
+            wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)  # [O, 9C]
+            xt = _to_hwc(x, sdt, threads)  # [N·HW, C]
             go = _to_hwc(grad_out, dt, threads)  # [N·HW, O]; a view for a channels-last grad
             # The chunk loop writes every element of gx and dots (chunk 0 of each image
             # overwrites gx with beta = 0), unless there is nothing to compute (C = 0 or O = 0).
@@ -712,9 +869,11 @@ def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str =
         * Under autocast, ``x`` and ``weight`` are cast to the autocast dtype and the GEMMs run
           in it. The sample positions and the sparse sampling stay in float32. (The torchvision
           op computes in float32 under autocast.)
-        * Memory: saves a channels-last copy of ``x`` plus ~0.3 kB per location for backward.
-          Each thread keeps two scratch buffers of up to 9·8192·max(C, O) elements between
-          calls (≤ 75 MB each at C = O = 256 in float32; 70 MB each for P3 of 800×1216).
+        * Memory: saves x (no copy) plus ~0.4 kB per location for backward. Each thread keeps
+          scratch buffers between calls: the forward's tap products (≤ 9·256·16800 elements,
+          155 MB in float32, the size for P3 of a 1333×800 input; larger maps split O into
+          passes), the geometry of no-grad calls (~0.7 kB per location), and for backward two
+          column buffers of up to 9·8192·max(C, O) elements (≤ 75 MB each at 256 channels).
           :func:`release_workspace` frees them.
 
     Raises:
@@ -733,12 +892,19 @@ def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str =
         x, weight = x.to(dtype), weight.to(dtype)
         distances = distances.float()
         with torch.autocast(dev_type, enabled=False):
-            return _StarDeformConvFn.apply(x, distances, weight)
+            return _apply_fast(x, distances, weight)
     if weight.dtype != x.dtype:
         raise ValueError(
             f"star_deform_conv2d: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype"
         )
-    return _StarDeformConvFn.apply(x, distances, weight)
+    return _apply_fast(x, distances, weight)
+
+
+def _apply_fast(x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and (x.requires_grad or distances.requires_grad
+                                    or weight.requires_grad):
+        return _StarDeformConvFn.apply(x, distances, weight)
+    return _star_forward(x, distances, weight, scratch=True)[0]  # inference: no autograd state
 
 
 class StarDeformConv2d(nn.Module):
