@@ -125,6 +125,11 @@ def test_tap_index_and_weights_by_hand():
     for key in want:
         assert got[key] == pytest.approx(want[key], abs=1e-12)
     assert torch.equal(geo.cols, geo.tap_index // 9)
+    # A second image's reads point into its own part of the batch's buffer.
+    geo2 = sdc._Geometry(torch.cat([d, d]), 3, 4, torch.float64)
+    assert torch.equal(geo2.tap_index[: 12 * 25], geo.tap_index)
+    assert torch.equal(geo2.tap_index[12 * 25 :], geo.tap_index + 9 * 12)
+    assert torch.equal(geo2.cols, torch.cat([geo.cols, geo.cols]))
 
 
 def test_fast_float32_at_head_like_width():

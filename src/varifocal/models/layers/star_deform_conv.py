@@ -414,12 +414,14 @@ for _e, (_rs, _cs) in enumerate(zip(_ROW_SRC, _COL_SRC)):
 del _e, _rs, _cs
 
 
-# [11, 25] selections for offᵀ @ sel (row 10 of off is ones): q, and q·9 + k with k the tap of
-# read e (the reads are grouped by tap, see above).
-_SEL_ROW_COL = torch.cat([_SEL_ROW + _SEL_COL, torch.zeros(1, _NNZ, dtype=torch.float64)])
+# [12, 25] selections for offᵀ @ sel (row 10 of off is ones, row 11 the image's 9·H·W offset):
+# q, and (image·H·W + q)·9 + k with k the tap of read e (the reads are grouped by tap, see
+# above).
+_SEL_ROW_COL = torch.cat([_SEL_ROW + _SEL_COL, torch.zeros(2, _NNZ, dtype=torch.float64)])
 _SEL_TAP_INDEX = torch.cat([
     (_SEL_ROW + _SEL_COL) * 9,
     torch.tensor([[k for k, nnz in enumerate(_TAP_NNZ) for _ in range(nnz)]], dtype=torch.float64),
+    torch.ones(1, _NNZ, dtype=torch.float64),
 ])
 
 
@@ -440,12 +442,12 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
 def _source_table(
     distances: Tensor, height: int, width: int, pos_dtype: torch.dtype, alloc=_fresh
 ):
-    """Flat offsets, bilinear weights and in-map masks of the 10 sources, [11/10/8, N·H·W].
+    """Flat offsets, bilinear weights and in-map masks of the 10 sources, [12/10/8, N·H·W].
 
-    Returns ``(off, wts, inside)``. Offsets ``off`` [11, N·H·W] (float64, integral): row
+    Returns ``(off, wts, inside)``. Offsets ``off`` [12, N·H·W] (float64, integral): row
     sources hold row·W and column sources the column, clamped into the map, so a read's flat
-    index within its image is off[row source] + off[column source]; row 10 is all ones (a bias
-    row for :attr:`_Geometry.tap_index`). Weights ``wts`` [10, N·H·W] (pos_dtype): (1−f, f) for
+    index within its image is off[row source] + off[column source]; row 10 is all ones and row
+    11 is image index · 9·H·W (bias rows for :attr:`_Geometry.tap_index`). Weights ``wts`` [10, N·H·W] (pos_dtype): (1−f, f) for
     a floor/floor+1 pair, zeroed where that row or column lies outside the map (zero padding),
     and 1 for the location's own row or column. ``inside`` [8, N·H·W] (bool) marks the pairs
     inside the map. A read's weight is w[row source]·w[column source]. That is exactly
@@ -472,7 +474,7 @@ def _source_table(
     hi = alloc("hi", (4, p), pos_dtype, dev)
     inside = alloc("inside", (8, p), torch.bool, dev)
     wts = alloc("wts", (10, p), pos_dtype, dev)
-    off = alloc("off", (11, p), torch.float64, dev)
+    off = alloc("off", (12, p), torch.float64, dev)
     # Rows (y_top, y_bottom) and columns (x_left, x_right), with scalar bounds per group.
     for pair, size, mult in ((slice(0, 2), height, width), (slice(2, 4), width, 1)):
         c = coord[pair].clamp_(-2.0, size + 1.0)
@@ -491,6 +493,8 @@ def _source_table(
     off[8].view(n, height, width).copy_(iy * width)  # own row · W
     off[9].view(n, height, width).copy_(jx)  # own column
     off[10] = 1
+    img = torch.arange(n, device=dev, dtype=torch.float64).view(n, 1) * (9 * height * width)
+    off[11].view(n, height * width).copy_(img.expand(n, height * width))
     return off, wts, inside
 
 
@@ -498,8 +502,9 @@ class _Geometry:
     """The 25 neighbour reads per location (indices, weights) and the distance gradient.
 
     Attributes: ``vals`` [N·H·W·25] bilinear weights of the reads (location-major, grouped by
-    tap); ``tap_index`` and ``cols`` (computed on first use) [N·H·W·25] int32: ``q·9 + k`` and
-    ``q`` for the read of neighbour q (flat within its image) by tap k. With ``scratch=True``
+    tap); ``tap_index`` and ``cols`` (computed on first use) [N·H·W·25] int32:
+    ``(image·H·W + q)·9 + k`` and ``q`` for the read of neighbour q (flat within its image) by
+    tap k. With ``scratch=True``
     all of them live in reused per-thread buffers and are valid only until the next call on the
     thread (for no-grad forwards); otherwise they are fresh tensors, kept for backward.
     """
@@ -660,27 +665,36 @@ def _forward_taps(x: Tensor, geo: _Geometry, weight: Tensor, threads: "_Threads"
     n, c, h, w = x.shape
     o = weight.shape[0]
     hw = h * w
-    index = geo.tap_index.view(n * hw, _NNZ)
+    index = geo.tap_index.view(n * hw, _NNZ)  # rows of the whole batch's buffer
     vals = geo.vals.view(n * hw, _NNZ).to(x.dtype)
     w_taps = weight.permute(1, 2, 3, 0)  # [C, 3, 3, O]: tap-major columns k·O + o
-    step = max(1, min(o, _TAPS_ELEMS // max(9 * hw, 1)))
-    out = None if n == 1 and step >= o else torch.empty(n * hw, o, dtype=x.dtype, device=x.device)
-    for im in range(n):
+
+    def gemm(im: int, w9: Tensor, out: Tensor) -> None:
         x_img = x[im].reshape(c, hw).t()  # [HW, C], a view for NCHW and channels-last
+        with threads.gemm(hw * c * w9.shape[1]):
+            torch.mm(x_img, w9, out=out)
+
+    def gather(idx: Tensor, wts: Tensor, taps: Tensor, oc: int) -> Tensor:
+        with threads.sparse("gather", idx.numel() * oc):
+            return F.embedding_bag(idx, taps.view(-1, oc), per_sample_weights=wts, mode="sum")
+
+    if n * hw * 9 * o <= _TAPS_ELEMS:  # the usual case: one buffer for the batch, one gather
+        taps = _workspace("taps", (n * hw, 9 * o), x.dtype, x.device)
+        w9 = w_taps.reshape(c, 9 * o)
+        for im in range(n):
+            gemm(im, w9, taps[im * hw : (im + 1) * hw])
+        return gather(index, vals, taps, o)  # [N·HW, O]
+    # Large maps: one image and at most `step` output channels per pass.
+    step = max(1, min(o, _TAPS_ELEMS // (9 * hw)))
+    out = torch.empty(n * hw, o, dtype=x.dtype, device=x.device)
+    for im in range(n):
         rows = slice(im * hw, (im + 1) * hw)
+        idx = index[rows] - im * 9 * hw  # rows of this image's buffer
         for o0 in range(0, o, step):
             oc = min(step, o - o0)
-            w9 = w_taps[..., o0 : o0 + oc].reshape(c, 9 * oc)
             taps = _workspace("taps", (hw, 9 * oc), x.dtype, x.device)
-            with threads.gemm(hw * c * 9 * oc):
-                torch.mm(x_img, w9, out=taps)
-            with threads.sparse("gather", _NNZ * hw * oc):
-                res = F.embedding_bag(
-                    index[rows], taps.view(9 * hw, oc), per_sample_weights=vals[rows], mode="sum"
-                )  # [HW, oc]
-            if out is None:
-                return res
-            out[rows, o0 : o0 + oc] = res
+            gemm(im, w_taps[..., o0 : o0 + oc].reshape(c, 9 * oc), taps)
+            out[rows, o0 : o0 + oc] = gather(idx, vals[rows], taps, oc)
     return out
 
 
