@@ -14,6 +14,12 @@ the medians to the plain conv.
 
     python benchmarks/bench_star_conv.py --size 1 256 100 152 --repeat 7 --threads 2
     python benchmarks/bench_star_conv.py --threads 2 --dtype bfloat16 --skip-torchvision
+    python benchmarks/bench_star_conv.py --threads 2 --skip-torchvision --no-backward --parts
+
+``--parts`` (float32) also times, in the same rounds, the three steps of the fast forward:
+``geometry`` (indices and bilinear weights of the 25 reads per location), ``tap GEMM`` (x against
+the 9 taps' weights into the reused buffer) and ``gather`` (the weighted 25-read sums), so the
+table shows where the forward's time goes relative to the plain conv.
 
 The load average is printed too: on a CPU shared with other busy processes every number
 moves, and the plain conv (one big oneDNN call) suffers less than ops made of many calls.
@@ -29,6 +35,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import varifocal.models.layers.star_deform_conv as sdc
 from varifocal.models.layers.star_deform_conv import star_deform_conv2d
 
 
@@ -45,6 +52,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--skip-torchvision", action="store_true",
                    help="leave out the (slow) torchvision op")
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    p.add_argument("--parts", action="store_true",
+                   help="also time the fast forward's geometry, tap GEMM and gather (float32)")
     return p.parse_args()
 
 
@@ -74,15 +83,24 @@ def main() -> None:
         if backward:
             y.backward(torch.ones_like(y))
 
+    parts = _fast_forward_parts(x, dist, weight) if args.parts and not autocast else {}
+
+    def run_case(kind: str, backward: bool) -> None:
+        if kind in parts:
+            with torch.no_grad():
+                parts[kind]()
+        else:
+            run(kind, backward)
+
     kinds = ["conv", "fast"] + ([] if args.skip_torchvision else ["torchvision"])
     modes = [False] + ([] if args.no_backward else [True])
-    cases = [(k, b) for b in modes for k in kinds]
+    cases = [(k, b) for b in modes for k in kinds] + [(k, False) for k in parts]
     times: dict[tuple[str, bool], list[float]] = {case: [] for case in cases}
     load_before = os.getloadavg()
     for rnd in range(args.warmup + args.repeat):
         for case in cases:  # interleaved: every round times every case once
             t0 = time.perf_counter()
-            run(*case)
+            run_case(*case)
             dt = time.perf_counter() - t0
             if rnd >= args.warmup:
                 times[case].append(dt)
@@ -99,11 +117,39 @@ def main() -> None:
         mode = "fwd+bwd" if backward else "fwd"
         base_med = statistics.median(times[("conv", backward)])
         base_min = min(times[("conv", backward)])
-        for kind in kinds:
+        for kind in kinds + ([] if backward else list(parts)):
             ts = times[(kind, backward)]
             med, low = statistics.median(ts), min(ts)
             print(f"{mode:<9}{kind:<13}{med * 1e3:>10.1f}{low * 1e3:>9.1f}"
                   f"{med / base_med:>11.2f}{low / base_min:>11.2f}")
+
+
+def _fast_forward_parts(x: torch.Tensor, dist: torch.Tensor, weight: torch.Tensor) -> dict:
+    """Callables for the three steps of the fast float32 forward (no-grad path), on these inputs."""
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    hw = h * w
+    if n * hw * 9 * o > sdc._TAPS_ELEMS:
+        raise SystemExit("--parts needs a batch whose tap products fit one buffer")
+    threads = sdc._Threads(x.device)
+    w9 = weight.permute(1, 2, 3, 0).reshape(c, 9 * o)
+    taps = sdc._workspace("taps", (n * hw, 9 * o), x.dtype, x.device)
+    geo = sdc._Geometry(dist, h, w, torch.float32)  # fresh tensors: not overwritten by "geometry"
+    index, vals = geo.tap_index.view(n * hw, 25), geo.vals.view(n * hw, 25)
+
+    def geometry() -> None:
+        with threads.serial():
+            sdc._Geometry(dist, h, w, torch.float32, scratch=True).tap_index
+
+    def tap_gemm() -> None:
+        for im in range(n):
+            torch.mm(x[im].reshape(c, hw).t(), w9, out=taps[im * hw : (im + 1) * hw])
+
+    def gather() -> None:
+        with threads.sparse("gather", index.numel() * o):
+            F.embedding_bag(index, taps.view(-1, o), per_sample_weights=vals, mode="sum")
+
+    return {"geometry": geometry, "tap GEMM": tap_gemm, "gather": gather}
 
 
 if __name__ == "__main__":
