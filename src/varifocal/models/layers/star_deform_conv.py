@@ -447,10 +447,10 @@ def _source_table(
     Returns ``(off, wts, inside)``. Offsets ``off`` [12, N·H·W] (float64, integral): row
     sources hold row·W and column sources the column, clamped into the map, so a read's flat
     index within its image is off[row source] + off[column source]; row 10 is all ones and row
-    11 is image index · 9·H·W (bias rows for :attr:`_Geometry.tap_index`). Weights ``wts`` [10, N·H·W] (pos_dtype): (1−f, f) for
-    a floor/floor+1 pair, zeroed where that row or column lies outside the map (zero padding),
-    and 1 for the location's own row or column. ``inside`` [8, N·H·W] (bool) marks the pairs
-    inside the map. A read's weight is w[row source]·w[column source]. That is exactly
+    11 is image index · 9·H·W (bias rows for :attr:`_Geometry.tap_index`). Weights ``wts``
+    [10, N·H·W] (pos_dtype): (1−f, f) for a floor/floor+1 pair, zeroed where that row or column
+    lies outside the map (zero padding), and 1 for the location's own row or column. ``inside``
+    [8, N·H·W] (bool) marks the pairs inside the map. A read's weight is w[row source]·w[column source]. That is exactly
     torchvision's bilinear_interpolate. Non-finite coordinates read nothing. ``alloc(slot,
     shape, dtype, device)`` provides the tensors (:func:`_fresh` or :func:`_scratch`).
     """
@@ -504,9 +504,9 @@ class _Geometry:
     Attributes: ``vals`` [N·H·W·25] bilinear weights of the reads (location-major, grouped by
     tap); ``tap_index`` and ``cols`` (computed on first use) [N·H·W·25] int32:
     ``(image·H·W + q)·9 + k`` and ``q`` for the read of neighbour q (flat within its image) by
-    tap k. With ``scratch=True``
-    all of them live in reused per-thread buffers and are valid only until the next call on the
-    thread (for no-grad forwards); otherwise they are fresh tensors, kept for backward.
+    tap k. With ``scratch=True`` all of them live in reused per-thread buffers and are valid
+    only until the next call on the thread (for no-grad forwards); otherwise they are fresh
+    tensors, kept for backward.
     """
 
     def __init__(
@@ -536,8 +536,8 @@ class _Geometry:
         """[N·H·W·25] int32 = offᵀ @ sel: an exact float64 matmul with one-hot columns."""
         dev = self._off.device
         p = self._off.shape[1]
-        acc = torch.mm(self._off.t(), sel.to(dev), out=self.alloc(slot + "64", (p, _NNZ),
-                                                                   torch.float64, dev))
+        acc = self.alloc(slot + "64", (p, _NNZ), torch.float64, dev)
+        torch.mm(self._off.t(), sel.to(dev), out=acc)
         return self.alloc(slot, (p, _NNZ), torch.int32, dev).copy_(acc).view(-1)
 
     @property
