@@ -125,14 +125,17 @@ def main() -> None:
 
 
 def _fast_forward_parts(x: torch.Tensor, dist: torch.Tensor, weight: torch.Tensor) -> dict:
-    """Callables for the three steps of the fast float32 forward (no-grad path), on these inputs."""
+    """Callables for the three steps of the fast float32 forward (no-grad path), on these inputs.
+
+    They call the module's own steps (``_Geometry``, ``_tap_gemm``, ``_tap_gather``).
+    """
     n, c, h, w = x.shape
     o = weight.shape[0]
     hw = h * w
     if n * hw * 9 * o > sdc._TAPS_ELEMS:
         raise SystemExit("--parts needs a batch whose tap products fit one buffer")
     threads = sdc._Threads(x.device)
-    w9 = weight.permute(1, 2, 3, 0).reshape(c, 9 * o)
+    w9 = sdc._tap_weight(weight, 0, o)
     taps = sdc._workspace("taps", (n * hw, 9 * o), x.dtype, x.device)
     geo = sdc._Geometry(dist, h, w, torch.float32)  # fresh tensors: not overwritten by "geometry"
     index, vals = geo.tap_index.view(n * hw, 25), geo.vals.view(n * hw, 25)
@@ -143,11 +146,10 @@ def _fast_forward_parts(x: torch.Tensor, dist: torch.Tensor, weight: torch.Tenso
 
     def tap_gemm() -> None:
         for im in range(n):
-            torch.mm(x[im].reshape(c, hw).t(), w9, out=taps[im * hw : (im + 1) * hw])
+            sdc._tap_gemm(x, im, w9, taps[im * hw : (im + 1) * hw], threads)
 
     def gather() -> None:
-        with threads.sparse("gather", index.numel() * o):
-            F.embedding_bag(index, taps.view(-1, o), per_sample_weights=vals, mode="sum")
+        sdc._tap_gather(index, vals, taps, o, threads)
 
     return {"geometry": geometry, "tap GEMM": tap_gemm, "gather": gather}
 

@@ -126,3 +126,17 @@ def test_slim_checkpoint_keeps_weights_in_half_precision(tmp_path):
     w = model.bbox_head.vfnet_cls.weight
     assert torch.equal(fresh.bbox_head.vfnet_cls.weight, w.half().float())
     assert fresh.class_names == ["a", "b"]
+
+
+def test_convert_checkpoint_slims_a_varifocal_checkpoint(tmp_path):
+    from varifocal.checkpoint import convert_checkpoint
+
+    model = varifocal.build_model("vfnet_r18_fpn", num_classes=2)
+    full = tmp_path / "last.pth"
+    save_checkpoint(full, model, model_name="vfnet_r18_fpn", model_kwargs={"num_classes": 2},
+                    extra={"optimizer": {"state": {}, "param_groups": []}})
+    info = convert_checkpoint(full, tmp_path / "slim.pth")
+    assert info["kind"] == "slim" and info["num_tensors"] == len(model.state_dict())
+    slim = read_checkpoint(tmp_path / "slim.pth")
+    assert "optimizer" not in slim["raw"]
+    assert slim["state_dict"]["bbox_head.vfnet_cls.weight"].dtype == torch.float32  # half=False

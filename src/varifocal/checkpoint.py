@@ -31,6 +31,7 @@ __all__ = [
     "infer_model_name",
     "convert_mmdet_checkpoint",
     "slim_checkpoint",
+    "convert_checkpoint",
 ]
 
 FORMAT_VERSION = 1
@@ -138,7 +139,18 @@ def load_checkpoint(
             the file and lists missing, unexpected and mis-shaped keys (e.g. a checkpoint of
             another architecture or class count).
     """
-    ckpt = read_checkpoint(path)
+    return _load_into(model, read_checkpoint(path), path, strict=strict, prefixes=prefixes)
+
+
+def _load_into(
+    model: nn.Module,
+    ckpt: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    strict: bool = True,
+    prefixes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`load_checkpoint` of an already read checkpoint (``path`` names it in errors)."""
     state = ckpt["state_dict"]
     own = model.state_dict()
 
@@ -272,13 +284,18 @@ def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, mod
     Raises:
         CheckpointError: unreadable or non-VFNet checkpoint, or keys that do not fit.
     """
+    return _convert_mmdet(read_checkpoint(src), src, dst, model_name)
+
+
+def _convert_mmdet(
+    ckpt: dict[str, Any], src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None
+) -> dict[str, Any]:
     from .models.zoo import build_model
 
-    ckpt = read_checkpoint(src)
     name, kwargs = infer_model_name(ckpt["state_dict"])
     name = model_name or name
     model = build_model(name, **kwargs)
-    info = load_checkpoint(model, src)
+    info = _load_into(model, ckpt, src)
     save_checkpoint(
         dst,
         model,
@@ -301,7 +318,10 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool =
     Raises:
         CheckpointError: if ``src`` is not a varifocal checkpoint.
     """
-    ckpt = read_checkpoint(src)
+    return _slim(read_checkpoint(src), src, dst, half)
+
+
+def _slim(ckpt: dict[str, Any], src: str | os.PathLike, dst: str | os.PathLike, half: bool) -> dict[str, Any]:
     if ckpt["format"] != "varifocal":
         raise CheckpointError(f"{src}: not a varifocal checkpoint (format {ckpt['format']})")
     raw = ckpt["raw"]
@@ -321,3 +341,22 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool =
     }
     atomic_torch_save(obj, dst)
     return {"bytes": Path(dst).stat().st_size, "num_tensors": len(state)}
+
+
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None = None, half: bool = False
+) -> dict[str, Any]:
+    """``varifocal convert``: read ``src`` once, then :func:`slim_checkpoint` a varifocal
+    checkpoint (``half`` as there) or :func:`convert_mmdet_checkpoint` any other.
+
+    Returns:
+        ``{'kind': 'slim', 'bytes', 'num_tensors'}`` or ``{'kind': 'mmdet', 'model_name',
+        'num_classes', 'class_names'}``.
+
+    Raises:
+        CheckpointError: as the two functions do.
+    """
+    ckpt = read_checkpoint(src)
+    if ckpt["format"] == "varifocal":
+        return {"kind": "slim", **_slim(ckpt, src, dst, half)}
+    return {"kind": "mmdet", **_convert_mmdet(ckpt, src, dst, model_name)}

@@ -207,14 +207,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert_mmdet_checkpoint, slim_checkpoint
+    from ..checkpoint import convert_checkpoint
 
-    if read_checkpoint(args.src)["format"] == "varifocal":
-        info = slim_checkpoint(args.src, args.dst, half=args.fp16)
+    info = convert_checkpoint(args.src, args.dst, args.model, half=args.fp16)
+    if info["kind"] == "slim":
         print(f"wrote {args.dst}: inference-only, {info['bytes'] / 2**20:.1f} MiB")
-        return 0
-    info = convert_mmdet_checkpoint(args.src, args.dst, args.model)
-    print(f"wrote {args.dst}: {info['model_name']}, {info['num_classes']} classes")
+    else:
+        print(f"wrote {args.dst}: {info['model_name']}, {info['num_classes']} classes")
     return 0
 
 

@@ -37,7 +37,7 @@ Two implementations give the same numbers (to float rounding):
     columns recomputed per chunk). The distance gradient applies the analytic derivative of the
     bilinear weights (torchvision's one-sided one) to ``<grad_cols, x[neighbour]>``, computed
     with ``torch.sparse.sampled_addmm``.
-  - Threads: the dense GEMMs use all intra-op threads (tiny P6/P7-sized ones use 1). The small
+  - Threads: the dense GEMMs use all intra-op threads (tiny P7-sized ones use 1). The small
     index/weight ops run on the calling thread. The sparse products, the weighted gather and
     the big layout copies use 1 or all threads, whichever measures faster at run time; this
     does not change the numbers. The op then stays fast both on an idle CPU and on one shared
@@ -72,8 +72,8 @@ __all__ = [
 _TAP_NNZ = (4, 2, 4, 2, 1, 2, 4, 2, 4)
 _NNZ = sum(_TAP_NNZ)  # 25 per location
 _IMPLS = ("auto", "fast", "torchvision")
-# Most elements of a per-chunk [L, 9·C] column buffer: L ≤ 8192 locations at C = 256 (75 MB in
-# float32), so P3 of an 800×1216 image runs as 2 chunks. Few, big GEMMs hold up much better
+# Most elements of a per-chunk [L, 9·C] column buffer (backward and the 16-bit forward):
+# L ≤ 8192 locations at C = 256 (75 MB in float32), so P3 of an 800×1216 image runs as 2 chunks. Few, big GEMMs hold up much better
 # than many small ones on a CPU shared with other busy processes (each GEMM call ends in
 # barriers). On an idle CPU the chunk size hardly matters once the buffers are reused.
 _CHUNK_ELEMS = 9 * 8192 * 256
@@ -418,9 +418,10 @@ del _e, _rs, _cs
 # [12, 25] selections for offᵀ @ sel (row 10 of off is ones, row 11 the image's 9·H·W offset):
 # q, and (image·H·W + q)·9 + k with k the tap of read e (the reads are grouped by tap, see
 # above).
-_SEL_ROW_COL = torch.cat([_SEL_ROW + _SEL_COL, torch.zeros(2, _NNZ, dtype=torch.float64)])
+_SEL_READ = _SEL_ROW + _SEL_COL  # [10, 25]: the row and the column source of read e
+_SEL_ROW_COL = torch.cat([_SEL_READ, torch.zeros(2, _NNZ, dtype=torch.float64)])
 _SEL_TAP_INDEX = torch.cat([
-    (_SEL_ROW + _SEL_COL) * 9,
+    _SEL_READ * 9,
     torch.tensor([[k for k, nnz in enumerate(_TAP_NNZ) for _ in range(nnz)]], dtype=torch.float64),
     torch.ones(1, _NNZ, dtype=torch.float64),
 ])
@@ -451,9 +452,10 @@ def _source_table(
     11 is image index · 9·H·W (bias rows for :attr:`_Geometry.tap_index`). Weights ``wts``
     [10, N·H·W] (pos_dtype): (1−f, f) for a floor/floor+1 pair, zeroed where that row or column
     lies outside the map (zero padding), and 1 for the location's own row or column. ``inside``
-    [8, N·H·W] (bool) marks the pairs inside the map. A read's weight is w[row source]·w[column source]. That is exactly
-    torchvision's bilinear_interpolate. Non-finite coordinates read nothing. ``alloc(slot,
-    shape, dtype, device)`` provides the tensors (:func:`_fresh` or :func:`_scratch`).
+    [8, N·H·W] (bool) marks the pairs inside the map. A read's weight is w[row source]·w[column
+    source]. That is exactly torchvision's bilinear_interpolate. Non-finite coordinates read
+    nothing. ``alloc(slot, shape, dtype, device)`` provides the tensors (:func:`_fresh` or
+    :func:`_scratch`).
     """
     d = distances.detach().to(pos_dtype)
     dev = d.device
@@ -552,6 +554,10 @@ class _Geometry:
         if self._tap_index is None:
             self._tap_index = self._gather("tap_index", _SEL_TAP_INDEX)
         return self._tap_index
+
+    def drop_tap_index(self) -> None:
+        """Free ``tap_index`` (the forward's; backward reads ``cols``)."""
+        self._tap_index = None
 
     def distance_grad(self, dots: Tensor) -> Tensor:
         """∂L/∂(l,t,r,b) [N,4,H,W] from ``dots`` [N·H·W, 25] = <grad_cols[(p,k)], x[read]>."""
@@ -653,6 +659,33 @@ def _transposed_chunks(geo: "_Geometry", vals: Tensor, n: int, hw: int, chunk: i
 _TAPS_ELEMS = 9 * 256 * 16800
 
 
+def _tap_weight(weight: Tensor, o0: int, oc: int) -> Tensor:
+    """Output channels ``o0 : o0 + oc`` of ``weight`` [O, C, 3, 3], tap-major: [C, 9·oc].
+
+    Column ``k·oc + o`` holds W_k[:, o0 + o] for tap k = 3·ky + kx. The copy (2.4 MB at 256
+    channels) goes into a reused buffer, valid until the next call: a fresh tensor's page faults
+    would cost more than the copy.
+    """
+    c = weight.shape[1]
+    w_taps = weight.permute(1, 2, 3, 0)[..., o0 : o0 + oc]  # [C, 3, 3, oc]
+    buf = _workspace("w_taps", (c, 3, 3, oc), weight.dtype, weight.device)
+    return buf.copy_(w_taps).view(c, 9 * oc)
+
+
+def _tap_gemm(x: Tensor, im: int, w9: Tensor, out: Tensor, threads: "_Threads") -> None:
+    """``out`` [H·W, 9·oc] = x[im] as [H·W, C] (a view for NCHW and channels-last) @ ``w9``."""
+    c, h, w = x.shape[1:]
+    x_img = x[im].reshape(c, h * w).t()
+    with threads.gemm(h * w * c * w9.shape[1]):
+        torch.mm(x_img, w9, out=out)
+
+
+def _tap_gather(index: Tensor, vals: Tensor, taps: Tensor, oc: int, threads: "_Threads") -> Tensor:
+    """[L, oc]: row p = Σ_e vals[p, e] · taps-row index[p, e] (``taps`` viewed as [·, oc])."""
+    with threads.sparse("gather", index.numel() * oc):
+        return F.embedding_bag(index, taps.view(-1, oc), per_sample_weights=vals, mode="sum")
+
+
 def _forward_taps(x: Tensor, geo: _Geometry, weight: Tensor, threads: "_Threads") -> Tensor:
     """Forward as Σ_k S_k (x W_k): one GEMM, then a weighted gather. Returns [N·H·W, O].
 
@@ -668,25 +701,12 @@ def _forward_taps(x: Tensor, geo: _Geometry, weight: Tensor, threads: "_Threads"
     hw = h * w
     index = geo.tap_index.view(n * hw, _NNZ)  # rows of the whole batch's buffer
     vals = geo.vals.view(n * hw, _NNZ).to(x.dtype)
-    w_taps = weight.permute(1, 2, 3, 0)  # [C, 3, 3, O]: tap-major columns k·O + o
-
-    def gemm(im: int, w9: Tensor, out: Tensor) -> None:
-        x_img = x[im].reshape(c, hw).t()  # [HW, C], a view for NCHW and channels-last
-        with threads.gemm(hw * c * w9.shape[1]):
-            torch.mm(x_img, w9, out=out)
-
-    def gather(idx: Tensor, wts: Tensor, taps: Tensor, oc: int) -> Tensor:
-        with threads.sparse("gather", idx.numel() * oc):
-            return F.embedding_bag(idx, taps.view(-1, oc), per_sample_weights=wts, mode="sum")
-
     if n * hw * 9 * o <= _TAPS_ELEMS:  # the usual case: one buffer for the batch, one gather
         taps = _workspace("taps", (n * hw, 9 * o), x.dtype, x.device)
-        # [C, 9·O] (a 2.4 MB copy at 256 channels: into scratch, as a fresh tensor's page
-        # faults would cost more than the copy)
-        w9 = _workspace("w_taps", (c, 3, 3, o), x.dtype, x.device).copy_(w_taps).view(c, 9 * o)
+        w9 = _tap_weight(weight, 0, o)
         for im in range(n):
-            gemm(im, w9, taps[im * hw : (im + 1) * hw])
-        return gather(index, vals, taps, o)  # [N·HW, O]
+            _tap_gemm(x, im, w9, taps[im * hw : (im + 1) * hw], threads)
+        return _tap_gather(index, vals, taps, o, threads)  # [N·HW, O]
     # Large maps: one image and at most `step` output channels per pass.
     step = max(1, min(o, _TAPS_ELEMS // (9 * hw)))
     out = torch.empty(n * hw, o, dtype=x.dtype, device=x.device)
@@ -696,8 +716,8 @@ def _forward_taps(x: Tensor, geo: _Geometry, weight: Tensor, threads: "_Threads"
         for o0 in range(0, o, step):
             oc = min(step, o - o0)
             taps = _workspace("taps", (hw, 9 * oc), x.dtype, x.device)
-            gemm(im, w_taps[..., o0 : o0 + oc].reshape(c, 9 * oc), taps)
-            out[rows, o0 : o0 + oc] = gather(idx, vals[rows], taps, oc)
+            _tap_gemm(x, im, _tap_weight(weight, o0, oc), taps, threads)
+            out[rows, o0 : o0 + oc] = _tap_gather(idx, vals[rows], taps, oc, threads)
     return out
 
 
@@ -763,7 +783,7 @@ class _StarDeformConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
         out, geo = _star_forward(x, distances, weight, scratch=False)
-        geo._tap_index = None  # backward reads the columns, not the tap products
+        geo.drop_tap_index()
         ctx.geo = geo
         ctx.dist_dtype = distances.dtype
         ctx.x_channels_last = not x.is_contiguous() and x.is_contiguous(
