@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
+import varifocal.models.layers._cpu_threads as cpu_threads
+import varifocal.models.layers._star_kernels as kernels
 import varifocal.models.layers.star_deform_conv as sdc
 from varifocal.models.layers.star_deform_conv import (
     StarDeformConv2d,
@@ -39,8 +41,8 @@ def small_chunks(monkeypatch):
     # 3 locations per chunk when C = O = 5/6: many chunks, a partial last one, and chunks
     # that do not divide H·W, which exercises the chunked fast path on tiny inputs. The
     # forward's tap products hold 4 output channels of a 7×9 map: O = 6 runs as 4 + 2.
-    monkeypatch.setattr(sdc, "_CHUNK_ELEMS", 9 * 3 * 6)
-    monkeypatch.setattr(sdc, "_TAPS_ELEMS", 9 * 63 * 4)
+    monkeypatch.setattr(kernels, "_CHUNK_ELEMS", 9 * 3 * 6)
+    monkeypatch.setattr(kernels, "_TAPS_ELEMS", 9 * 63 * 4)
 
 
 def test_offsets_match_spec_table():
@@ -246,7 +248,7 @@ def test_sparse_thread_modes_give_identical_numbers(monkeypatch):
     try:
         results = []
         for mode in ("serial", "parallel", "auto", "auto", "auto"):
-            monkeypatch.setattr(sdc, "_SPARSE_THREADS", mode)
+            monkeypatch.setattr(cpu_threads, "_SPARSE_THREADS", mode)
             results.append(_grads(fast, x, d, w, gout))
     finally:
         torch.set_num_threads(old)
