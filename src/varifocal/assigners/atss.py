@@ -7,31 +7,14 @@ that ``topk`` / ``max`` tie-breaking, and therefore the labels, agree exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..structures.boxes import bbox_overlaps
+from .assign_result import AssignResult
 
 __all__ = ["AssignResult", "ATSSAssigner"]
-
-
-@dataclass
-class AssignResult:
-    """Per-anchor assignment of one image (spec §3.2).
-
-    Attributes:
-        gt_inds: ``[A]`` long; 0 = background, ``k + 1`` = assigned to gt ``k``.
-        max_overlaps: ``[A]`` float; IoU between the anchor and its assigned gt, 0 for
-            background.
-        labels: ``[A]`` long; the assigned gt's class in ``0..num_classes-1``, ``num_classes``
-            for background.
-    """
-
-    gt_inds: Tensor
-    max_overlaps: Tensor
-    labels: Tensor
 
 
 class ATSSAssigner:

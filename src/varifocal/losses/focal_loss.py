@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from .varifocal_loss import _reduce, _upcast
+from ._reduce import _reduce, _upcast
 
 __all__ = ["FocalLoss"]
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures.boxes import bbox_overlaps
-from .varifocal_loss import _reduce, _upcast
+from ._reduce import _reduce, _upcast
 
 __all__ = ["GIoULoss"]
 

@@ -11,30 +11,12 @@ The modulating factor is *not* detached: gradient flows through p^γ.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._reduce import _AVG_EPS, _reduce, _upcast  # noqa: F401  (re-exported)
+
 __all__ = ["varifocal_loss", "VarifocalLoss"]
-
-# MMDetection's ``weight_reduce_loss`` adds this to ``avg_factor`` before dividing.
-_AVG_EPS = torch.finfo(torch.float32).eps
-
-
-def _upcast(t: Tensor) -> Tensor:
-    """float16/bfloat16/float32 -> float32; float64 stays float64 (used by the loss modules)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def _reduce(loss: Tensor, avg_factor: float | Tensor | None) -> Tensor:
-    """``loss.sum() / (avg_factor + eps32)``, or ``loss.mean()`` when ``avg_factor`` is None.
-
-    Mirrors MMDetection's ``weight_reduce_loss(reduction='mean')``, including the float32
-    machine epsilon (≈1.19e-7) added to ``avg_factor``. Shared by the three loss modules.
-    """
-    if avg_factor is None:
-        return loss.mean()
-    return loss.sum() / (avg_factor + _AVG_EPS)
 
 
 def varifocal_loss(
