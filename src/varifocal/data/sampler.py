@@ -42,7 +42,7 @@ class AspectRatioGroupedBatchSampler(Sampler[list[int]]):
 
     Args:
         group_ids: a dataset with ``aspect_ratio_groups()`` (all datasets of
-            :mod:`varifocal.data.datasets`), or one integer group id per dataset index.
+            :mod:`varifocal.data.base`), or one integer group id per dataset index.
         batch_size: images per batch on this rank.
         shuffle: shuffle within groups and the batch order (training); ``False`` keeps index
             order.

@@ -9,7 +9,7 @@ Every transform is a callable ``(image, target, meta) -> (image, target, meta)``
   ``(w_scale, h_scale)`` (current size / original size), ``flip`` (bool).
 
 Randomness: a transform built with ``generator=None`` (the default) draws from torch's global
-CPU generator. The datasets in :mod:`varifocal.data.datasets` reseed that generator from
+CPU generator. The datasets in :mod:`varifocal.data.base` reseed that generator from
 ``(seed, epoch, index)`` around each sample's transforms when they are given a ``seed``, which
 makes every draw reproducible, independent of workers and resume point. Pass an explicit
 ``torch.Generator`` only to drive a transform by hand (tests, demos). Python's ``random`` and

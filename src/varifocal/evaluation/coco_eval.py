@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.datasets import DataError, read_coco_json, validate_coco_dict
+from ..data.coco import read_coco_json, validate_coco_dict
+from ..data.errors import DataError
 from ..utils.io import atomic_write
 
 __all__ = [
