@@ -537,14 +537,14 @@ def breakdown_cases(model: nn.Module, batch: torch.Tensor, size: tuple[int, int]
         f_neck = count_flops(lambda: model.neck(c_feats))
         with star_conv_stubs(model, star):
             f_towers = count_flops(lambda: head(p_feats))
-        f_post = count_flops(lambda: head.predict(outs[0], outs[2], metas))
+        f_post = count_flops(lambda: head.predict(outs, metas))
     return [
         Case("part", "backbone", "infer", sname, nograd(lambda: model.backbone(batch)), f_backbone),
         Case("part", "fpn", "infer", sname, nograd(lambda: model.neck(c_feats)), f_neck),
         Case("part", "head", "infer", sname, nograd(lambda: head(p_feats)), f_towers + sum(star)),
         Case("part", "star convs", "infer", sname, nograd(stars), sum(star)),
         Case("part", "post-processing", "infer", sname,
-             nograd(lambda: head.predict(outs[0], outs[2], metas)), f_post),
+             nograd(lambda: head.predict(outs, metas)), f_post),
     ]
 
 

@@ -56,10 +56,11 @@ def test_predict_on_a_truncated_image_names_the_file(capsys, tmp_path):
 
 
 def test_predict_writes_json_and_drawings(tmp_path):
-    model = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96], score_thr=0.0)
+    model = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96], test_cfg={"score_thr": 0.0})
     model.class_names = ["RBC", "WBC", "Platelets"]
     ckpt = tmp_path / "m.pth"
     varifocal.save_checkpoint(ckpt, model, model_name="vfnet_lite0_fpn",
+                              # the flat test kwargs of format-1 checkpoints still load (upgraded to test_cfg)
                               model_kwargs={"num_classes": 3, "scale": [128, 96], "score_thr": 0.0})
     src = tmp_path / "in"
     src.mkdir()

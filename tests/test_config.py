@@ -23,9 +23,9 @@ def test_defaults_follow_the_1x_recipe():
     assert (t.warmup_iters, t.warmup_ratio, t.lr_steps, t.lr_gamma, t.epochs) == (500, 0.1, [8, 11], 0.1, 12)
     assert (t.bias_lr_mult, t.bias_decay_mult, t.grad_clip) == (2.0, 0.0, None)
     assert cfg.data.train_scale == (1333, 800) and cfg.data.flip_prob == 0.5 and cfg.model.test_scale == (1333, 800)
-    # spec §5: score > 0.05, NMS IoU 0.6, 1000 pre-NMS, 100 per image
+    # Test settings default to null: each detector keeps its own MMDetection test_cfg.
     e = cfg.eval
-    assert (e.score_thr, e.nms_iou, e.nms_pre, e.max_per_img) == (0.05, 0.6, 1000, 100)
+    assert (e.score_thr, e.nms_iou, e.nms_pre, e.max_per_img) == (None, None, None, None)
     assert cfg.model.name == "vfnet_lite0_fpn" and cfg == Config()
 
 
@@ -44,7 +44,7 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.train.weight_decay == 1e-4 and isinstance(cfg.train.weight_decay, float)
     assert cfg.data.path("train2017") == "/data/bccd/train2017" and cfg.data.path("/abs/x") == "/abs/x"
     # untouched fields keep their defaults
-    assert cfg.train.momentum == 0.9 and cfg.eval.score_thr == 0.05
+    assert cfg.train.momentum == 0.9 and cfg.eval.score_thr is None
 
 
 def test_override_values_are_parsed_and_coerced():

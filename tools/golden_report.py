@@ -20,7 +20,8 @@ def main(golden_dir: Path) -> None:
     x = g["inputs"].float()
     model.eval()
     with torch.no_grad():
-        cls, init, refine = model.bbox_head(model.extract_feat(x))
+        outs = model.bbox_head(model.extract_feat(x))
+    cls, init, refine = outs
 
     def rel(a, b):
         return float(((a - b.float()).abs() / b.float().abs().clamp(min=1e-6)).max())
@@ -28,7 +29,7 @@ def main(golden_dir: Path) -> None:
     print("max |logit diff|      ", max(float((c - r.float()).abs().max()) for c, r in zip(cls, g["cls_scores"])))
     print("max rel init distance ", max(rel(a, b) for a, b in zip(init, g["bbox_preds"])))
     print("max rel refined dist. ", max(rel(a, b) for a, b in zip(refine, g["bbox_preds_refine"])))
-    dets = model.bbox_head.predict(cls, refine, g["metas"])
+    dets = model.bbox_head.predict(outs, g["metas"])
     for i, (d, r) in enumerate(zip(dets, g["detections"])):
         same = d["boxes"].shape == r["bboxes"].shape and torch.equal(d["labels"], r["labels"].long())
         print(f"image {i}: {d['boxes'].shape[0]} detections, labels identical {same}, "

@@ -79,7 +79,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = obj.get("state_dict")
         class_names = obj.get("class_names")
         model_name = obj.get("model_name")
-        model_kwargs = dict(obj.get("model_kwargs") or {})
+        model_kwargs = _upgrade_model_kwargs(dict(obj.get("model_kwargs") or {}))
     elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         fmt = "mmdet"
         state = obj["state_dict"]
@@ -104,6 +104,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "model_kwargs": model_kwargs,
         "raw": obj,
     }
+
+
+#: Test settings that format-1 checkpoints of varifocal 0.1 stored as flat builder kwargs.
+_LEGACY_TEST_KEYS = ("score_thr", "nms_pre", "nms_iou", "max_per_img", "postprocess")
+
+
+def _upgrade_model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Flat test settings (``score_thr=…``) of older checkpoints → ``test_cfg={…}``."""
+    legacy = {k: kwargs.pop(k) for k in _LEGACY_TEST_KEYS if k in kwargs}
+    if legacy:
+        kwargs["test_cfg"] = {**legacy, **dict(kwargs.get("test_cfg") or {})}
+    return kwargs
 
 
 def _summarise(keys: Sequence[str], limit: int = 4) -> str:
@@ -334,7 +346,7 @@ def _slim(ckpt: dict[str, Any], src: str | os.PathLike, dst: str | os.PathLike, 
         "format": "varifocal",
         "format_version": FORMAT_VERSION,
         "model_name": raw.get("model_name"),
-        "model_kwargs": dict(raw.get("model_kwargs") or {}),
+        "model_kwargs": dict(ckpt["model_kwargs"]),
         "class_names": raw.get("class_names"),
         "state_dict": state,
         "meta": meta,

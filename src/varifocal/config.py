@@ -60,6 +60,8 @@ class ModelConfig:
             (random init), or a path to a backbone checkpoint.
         test_scale: ``(long_edge, short_edge)`` of the test-time keep-ratio resize (spec §6.1).
         load_from: optional checkpoint (varifocal or MMDetection) to initialise all weights from.
+        use_vfl: classification loss of the head: ``True`` Varifocal Loss, ``False`` focal loss,
+            ``None`` the detector's default (VFL for VFNet, FL for RetinaNet/FCOS/ATSS).
     """
 
     name: str = "vfnet_lite0_fpn"
@@ -67,6 +69,7 @@ class ModelConfig:
     pretrained_backbone: Union[bool, str] = True
     test_scale: tuple[int, int] = (1333, 800)
     load_from: Union[str, None] = None
+    use_vfl: Union[bool, None] = None
 
 
 @dataclass
@@ -128,8 +131,10 @@ class TrainConfig:
         lr: base learning rate (0.01 for a total batch of 16).
         momentum, weight_decay: SGD settings.
         bias_lr_mult, bias_decay_mult: multipliers for non-norm biases (spec §6.2).
-        warmup_iters, warmup_ratio: linear warm-up from ``lr * warmup_ratio`` over that many
+        warmup_iters, warmup_ratio: warm-up from ``lr * warmup_ratio`` over that many
             iterations (0 disables it).
+        warmup: ``'linear'`` (ramp to ``lr``) or ``'constant'`` (``lr * warmup_ratio`` flat,
+            then ``lr``; FCOS).
         lr_steps, lr_gamma: multiply the lr by ``lr_gamma`` after each listed epoch.
         grad_clip: max gradient L2 norm, or ``None`` (spec: none).
         amp: mixed precision on CUDA.
@@ -149,6 +154,7 @@ class TrainConfig:
     bias_decay_mult: float = 0.0
     warmup_iters: int = 500
     warmup_ratio: float = 0.1
+    warmup: Literal["linear", "constant"] = "linear"
     lr_steps: list[int] = field(default_factory=lambda: [8, 11])
     lr_gamma: float = 0.1
     grad_clip: Union[float, None] = None
@@ -163,7 +169,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Inference settings (spec §5).
+    """Inference settings (spec §5). ``null`` keeps the detector's own test setting (its
+    MMDetection ``test_cfg``: score 0.05, 1000 per level, 100 per image; NMS 0.6 for VFNet and
+    ATSS, 0.5 for RetinaNet and FCOS).
 
     Attributes:
         score_thr: keep (box, class) pairs with score strictly above this.
@@ -173,10 +181,10 @@ class EvalConfig:
         batch_size: images per evaluation batch.
     """
 
-    score_thr: float = 0.05
-    nms_iou: float = 0.6
-    nms_pre: int = 1000
-    max_per_img: int = 100
+    score_thr: Union[float, None] = None
+    nms_iou: Union[float, None] = None
+    nms_pre: Union[int, None] = None
+    max_per_img: Union[int, None] = None
     batch_size: int = 1
 
 
@@ -390,9 +398,12 @@ def validate_config(cfg: Config, source: str = "config") -> None:
     need(t.eval_interval >= 0, f"train.eval_interval must be >= 0, got {t.eval_interval}")
     need(t.log_interval >= 1, f"train.log_interval must be >= 1, got {t.log_interval}")
     e = cfg.eval
-    need(0.0 <= e.score_thr < 1.0, f"eval.score_thr must be in [0, 1), got {e.score_thr}")
-    need(0.0 < e.nms_iou <= 1.0, f"eval.nms_iou must be in (0, 1], got {e.nms_iou}")
-    need(e.nms_pre >= 1 and e.max_per_img >= 1 and e.batch_size >= 1, "eval.nms_pre, max_per_img and batch_size must be >= 1")
+    need(e.score_thr is None or 0.0 <= e.score_thr < 1.0, f"eval.score_thr must be in [0, 1), got {e.score_thr}")
+    need(e.nms_iou is None or 0.0 < e.nms_iou <= 1.0, f"eval.nms_iou must be in (0, 1], got {e.nms_iou}")
+    need(
+        all(v is None or v >= 1 for v in (e.nms_pre, e.max_per_img)) and e.batch_size >= 1,
+        "eval.nms_pre, max_per_img and batch_size must be >= 1",
+    )
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:

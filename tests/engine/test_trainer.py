@@ -96,6 +96,10 @@ def test_lr_schedule_warmup_and_steps():
     assert lr_factor(500, 0, 500, 0.1, [8, 11], 0.1) == 1.0
     assert lr_factor(10_000, 8, 500, 0.1, [8, 11], 0.1) == pytest.approx(0.1)
     assert lr_factor(10_000, 11, 500, 0.1, [8, 11], 0.1) == pytest.approx(0.01)
+    # ConstantLR(1/3) of FCOS: a flat third during warm-up, then the full lr
+    assert lr_factor(0, 0, 500, 1 / 3, [8, 11], 0.1, "constant") == pytest.approx(1 / 3)
+    assert lr_factor(499, 0, 500, 1 / 3, [8, 11], 0.1, "constant") == pytest.approx(1 / 3)
+    assert lr_factor(500, 0, 500, 1 / 3, [8, 11], 0.1, "constant") == 1.0
 
 
 # ------------------------------------------------------------------------------ crash safety

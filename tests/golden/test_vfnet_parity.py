@@ -42,10 +42,7 @@ def model(golden):
         "vfnet_r50_fpn",
         num_classes=int(golden["num_classes"]),
         use_vfl=bool(golden["use_vfl"]),
-        score_thr=cfg["score_thr"],
-        nms_pre=cfg["nms_pre"],
-        nms_iou=cfg["nms_iou"],
-        max_per_img=cfg["max_per_img"],
+        test_cfg={k: cfg[k] for k in ("score_thr", "nms_pre", "nms_iou", "max_per_img")},
     )
     ckpt = GOLDEN_DIR / "checkpoint.pth"
     keys = read_checkpoint(ckpt)["state_dict"].keys()
@@ -141,8 +138,7 @@ def test_gradients(train_run, golden):
 
 
 def test_detections(model, eval_outputs, golden):
-    cls_scores, _, bbox_preds_refine = eval_outputs
-    results = model.bbox_head.predict(cls_scores, bbox_preds_refine, golden["metas"], rescale=True)
+    results = model.bbox_head.predict(eval_outputs, golden["metas"], rescale=True)
     for i, (ours, ref) in enumerate(zip(results, golden["detections"])):
         assert ours["boxes"].shape[0] == ref["bboxes"].shape[0], f"image {i}: detection count"
         assert torch.equal(ours["labels"], ref["labels"].long()), f"image {i}: labels"

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from varifocal.models.heads.vfnet_head import VFNetHead, grid_points
+from varifocal.models.heads.vfnet_head import VFNetHead, VFNetOutputs
+from varifocal.models.priors import grid_points
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -92,7 +93,7 @@ def test_losses_finite_and_image_without_gt_backpropagates():
     head, feats, metas, _, _ = _toy_scene()
     empty = [torch.zeros((0, 4)), torch.zeros((0, 4))]
     empty_labels = [torch.zeros((0,), dtype=torch.long)] * 2
-    losses = head.loss(*head(feats), empty, empty_labels, metas)
+    losses = head.loss(head(feats), empty, empty_labels, metas)
     assert all(torch.isfinite(v) for v in losses.values())
     assert float(losses["loss_bbox"]) == 0.0 and float(losses["loss_bbox_rf"]) == 0.0
     assert float(losses["loss_cls"]) > 0.0  # negatives still pay the focal-style term
@@ -110,7 +111,7 @@ def test_vfl_normaliser_is_num_pos_and_targets_are_refined_iou():
 
     head, feats, metas, gt_bboxes, gt_labels = _toy_scene()
     outs = head(feats)
-    losses = head.loss(*outs, gt_bboxes, gt_labels, metas)
+    losses = head.loss(outs, gt_bboxes, gt_labels, metas)
     sizes = [tuple(f.shape[-2:]) for f in feats]
     labels, _, targets = head.get_targets(sizes, gt_bboxes, gt_labels, metas, torch.device("cpu"))
     labels, targets = torch.cat(labels), torch.cat(targets)
@@ -128,7 +129,7 @@ def test_vfl_normaliser_is_num_pos_and_targets_are_refined_iou():
 def test_focal_loss_switch():
     head = small_head(use_vfl=False)
     _, feats, metas, gt_bboxes, gt_labels = _toy_scene()
-    losses = head.loss(*head(feats), gt_bboxes, gt_labels, metas)
+    losses = head.loss(head(feats), gt_bboxes, gt_labels, metas)
     assert type(head.loss_cls).__name__ == "FocalLoss"
     assert all(torch.isfinite(v) for v in losses.values())
 
@@ -148,10 +149,10 @@ def _one_hot_outputs(num_classes=3):
 @pytest.mark.parametrize("postprocess", ["mmdet3", "mmdet2"])
 def test_postprocess_decodes_clamps_and_rescales(postprocess):
     head = VFNetHead(3, in_channels=32, feat_channels=32, stacked_convs=1, num_groups=8, strides=(8, 16),
-                     regress_ranges=((-1, 64), (64, 1e8)), postprocess=postprocess)
+                     regress_ranges=((-1, 64), (64, 1e8)), test_cfg={"postprocess": postprocess})
     cls, boxes = _one_hot_outputs()
     meta = {"img_shape": (30, 40), "scale_factor": (2.0, 0.5)}
-    (det,) = head.predict(cls, boxes, [meta])
+    (det,) = head.predict(VFNetOutputs(cls, [], boxes), [meta])
     # Point (16, 8): box (16-6, 8-4, 16+20, 8+30) = (10, 4, 36, 38); clamp y to 30 → (10, 4, 36, 30);
     # rescale x / 2, y / 0.5 → (5, 8, 18, 60). Score sigmoid(2).
     assert det["labels"].tolist() == [1]
@@ -170,7 +171,7 @@ def test_nms_is_class_aware_at_0_6():
     box[0, :, 0, 0] = torch.tensor([0.0, 0.0, 20.0, 20.0])
     box[0, :, 0, 1] = torch.tensor([6.0, 0.0, 14.0, 20.0])
     box[0, :, 0, 2] = torch.tensor([14.0, 0.0, 6.0, 20.0])
-    (det,) = head.predict([cls], [box], [{"img_shape": (100, 100), "scale_factor": (1.0, 1.0)}])
+    (det,) = head.predict(VFNetOutputs([cls], [], [box]), [{"img_shape": (100, 100), "scale_factor": (1.0, 1.0)}])
     assert det["labels"].tolist() == [0, 1]
     assert det["boxes"].tolist() == [[0.0, 0.0, 20.0, 20.0], [2.0, 0.0, 22.0, 20.0]]
 
@@ -181,7 +182,7 @@ def test_autocast_bfloat16_keeps_offsets_and_losses_in_float32():
     head.vfnet_cls_dconv.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, args[1].dtype)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outs = head(feats)
-        losses = head.loss(*outs, gt_bboxes, gt_labels, metas)
+        losses = head.loss(outs, gt_bboxes, gt_labels, metas)
     assert seen and all(d == torch.float32 for _, d in seen)  # distances → offsets in float32
     assert outs[1][0].dtype == torch.float32 and outs[2][0].dtype == torch.float32
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

@@ -39,7 +39,11 @@ def model_from_checkpoint(path: str, overrides: dict | None = None) -> torch.nn.
     if ckpt["format"] != "varifocal" or not ckpt["model_name"]:
         raise CheckpointError(f"{path}: not a varifocal checkpoint with a model name; pass a config with model.name")
     kwargs = dict(ckpt["model_kwargs"])
-    kwargs.update(overrides or {})
+    overrides = dict(overrides or {})
+    test_cfg = {**dict(kwargs.get("test_cfg") or {}), **dict(overrides.pop("test_cfg", None) or {})}
+    kwargs.update(overrides)
+    if test_cfg:
+        kwargs["test_cfg"] = test_cfg
     model = build_model(ckpt["model_name"], **kwargs)
     load_checkpoint(model, path)
     return model
@@ -63,6 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_val(args: argparse.Namespace) -> int:
+    from ..engine.build import test_cfg_from_config
     from ..engine.trainer import build_datasets, evaluate
     from ..evaluation import evaluate_file, format_summary, write_json_atomic
 
@@ -76,7 +81,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if not args.checkpoint:
         raise ConfigError("val needs --checkpoint (or --predictions with --ann)")
-    model = model_from_checkpoint(args.checkpoint, {"scale": list(cfg.model.test_scale)} if args.config else None)
+    overrides = {"scale": list(cfg.model.test_scale), "test_cfg": test_cfg_from_config(cfg)} if args.config else None
+    model = model_from_checkpoint(args.checkpoint, overrides)
     device = _device(args.device)
     model.to(device)
     _, val_ds = build_datasets(cfg, train=False, val=True)

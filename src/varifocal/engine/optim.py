@@ -58,12 +58,28 @@ def build_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def lr_factor(iteration: int, epoch: int, warmup_iters: int, warmup_ratio: float, steps: Sequence[int], gamma: float) -> float:
+def lr_factor(
+    iteration: int,
+    epoch: int,
+    warmup_iters: int,
+    warmup_ratio: float,
+    steps: Sequence[int],
+    gamma: float,
+    warmup: str = "linear",
+) -> float:
     """Multiplier of every group's base lr at a global ``iteration`` (0-based) in ``epoch``
-    (0-based): step decay ``gamma^#{s in steps : epoch ≥ s}`` times the linear warm-up
-    ``1 − (1 − iteration/warmup_iters)·(1 − warmup_ratio)`` during the first
-    ``warmup_iters`` iterations (spec §6.2: lr_i = lr·(1 − (1 − i/500)·0.9))."""
+    (0-based): step decay ``gamma^#{s in steps : epoch ≥ s}`` times, during the first
+    ``warmup_iters`` iterations, the warm-up factor: ``'linear'`` (mmengine ``LinearLR``)
+    ``1 − (1 − iteration/warmup_iters)·(1 − warmup_ratio)`` (vfnet_spec §6.2: lr_i =
+    lr·(1 − (1 − i/500)·0.9)), or ``'constant'`` (``ConstantLR``, FCOS, zoo_spec §1.17)
+    ``warmup_ratio`` flat.
+
+    Raises:
+        ValueError: an unknown ``warmup``.
+    """
+    if warmup not in ("linear", "constant"):
+        raise ValueError(f"warmup must be 'linear' or 'constant', got {warmup!r}")
     factor = gamma ** sum(1 for s in steps if epoch >= s)
     if iteration < warmup_iters:
-        factor *= 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
+        factor *= warmup_ratio if warmup == "constant" else 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
     return factor

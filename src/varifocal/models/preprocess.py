@@ -61,10 +61,13 @@ class Preprocessor(nn.Module):
 
     Args:
         scale: ``(long_edge, short_edge)`` of the keep-ratio resize; ``None`` keeps the size.
-        mean, std: per-channel RGB statistics on the 0-255 scale.
+        mean, std: per-channel statistics on the 0-255 scale, in the network's channel order.
         size_divisor: each image is zero-padded (after normalisation) at the bottom/right to a
             multiple of this; the batch is then padded to its largest image.
         pad_value: value of the padded pixels after normalisation (0, spec §6.1 item 7).
+        channel_order: ``'rgb'`` or ``'bgr'``: the order the network takes. Inputs are always
+            RGB; ``'bgr'`` flips them before normalising (MMDetection's caffe-style configs with
+            ``bgr_to_rgb=False``, e.g. FCOS, zoo_spec §1.4).
 
     Inputs are ``[3, H, W]`` RGB tensors on the 0-255 scale (float or uint8), of any size.
     The resize is bilinear with half-pixel centres (OpenCV's ``INTER_LINEAR``), no antialias.
@@ -77,8 +80,12 @@ class Preprocessor(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         size_divisor: int = 32,
         pad_value: float = 0.0,
+        channel_order: str = "rgb",
     ) -> None:
         super().__init__()
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        self.channel_order = channel_order
         self.scale = tuple(scale) if scale is not None else None
         self.size_divisor = int(size_divisor)
         self.pad_value = float(pad_value)
@@ -89,7 +96,7 @@ class Preprocessor(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"scale={self.scale}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}, "
-            f"size_divisor={self.size_divisor}"
+            f"size_divisor={self.size_divisor}, channel_order={self.channel_order!r}"
         )
 
     @staticmethod
@@ -161,7 +168,8 @@ class Preprocessor(nn.Module):
         out_metas = []
         for i, (image, meta) in enumerate(zip(images, metas)):
             h, w = int(image.shape[1]), int(image.shape[2])
-            batch[i, :, :h, :w] = (image.float() - mean) / std
+            pixels = image.float() if self.channel_order == "rgb" else image.float().flip(0)
+            batch[i, :, :h, :w] = (pixels - mean) / std
             meta = dict(meta)
             meta.setdefault("img_shape", (h, w))
             meta.setdefault("ori_shape", (h, w))

@@ -1,7 +1,13 @@
-"""The model zoo: names → builder functions, like ``torchvision.models.get_model``."""
+"""The model zoo: names → builder functions, like ``torchvision.models.get_model``.
+
+Each detector family file exposes one documented builder and a ``VARIANTS`` table of named
+settings; a zoo name is that builder with those arguments bound. Plain references, so "go to
+definition" finds the builder.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from torch import nn
@@ -10,18 +16,14 @@ from .detectors import vfnet as _vfnet
 
 __all__ = ["build_model", "list_models"]
 
-#: Every public builder, by name. Plain references, so "go to definition" finds the class.
+
+def _family(builder: Callable[..., nn.Module], variants: dict[str, dict[str, Any]]) -> dict[str, Callable[..., nn.Module]]:
+    return {name: functools.partial(builder, **args) for name, args in variants.items()}
+
+
+#: Every public builder, by name.
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "vfnet_r18_fpn": _vfnet.vfnet_r18_fpn,
-    "vfnet_r34_fpn": _vfnet.vfnet_r34_fpn,
-    "vfnet_r50_fpn": _vfnet.vfnet_r50_fpn,
-    "vfnet_r50_fpn_dcn": _vfnet.vfnet_r50_fpn_dcn,
-    "vfnet_r101_fpn": _vfnet.vfnet_r101_fpn,
-    "vfnet_r101_fpn_dcn": _vfnet.vfnet_r101_fpn_dcn,
-    "vfnet_x101_32x4d_fpn": _vfnet.vfnet_x101_32x4d_fpn,
-    "vfnet_x101_32x4d_fpn_dcn": _vfnet.vfnet_x101_32x4d_fpn_dcn,
-    "vfnet_x101_64x4d_fpn": _vfnet.vfnet_x101_64x4d_fpn,
-    "vfnet_x101_64x4d_fpn_dcn": _vfnet.vfnet_x101_64x4d_fpn_dcn,
+    **_family(_vfnet.vfnet, _vfnet.VARIANTS),
     "vfnet_lite0_fpn": _vfnet.vfnet_lite0_fpn,
 }
 
@@ -37,7 +39,8 @@ def build_model(name: str, *, num_classes: int = 80, **kwargs: Any) -> nn.Module
     Args:
         name: one of :func:`list_models`.
         num_classes: foreground classes.
-        **kwargs: forwarded to the builder (``pretrained_backbone``, ``scale``, head options).
+        **kwargs: forwarded to the builder (``pretrained_backbone``, ``scale``, ``test_cfg``,
+            head options).
 
     Raises:
         ValueError: for an unknown name (the message suggests the closest names).

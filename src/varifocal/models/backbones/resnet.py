@@ -4,7 +4,8 @@ Module names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer1``…``lay
 ``conv1/bn1/conv2/bn2[/conv3/bn3]`` and ``downsample.0/.1``) without ``avgpool``/``fc``, so that
 ``state_dict()`` keys prefixed with ``backbone.`` are the MMDetection checkpoint keys of spec
 Appendix A verbatim, and torchvision ImageNet weights load by name. ``style='pytorch'``: the
-stride of a downsampling bottleneck sits on its 3×3 conv (conv2).
+stride of a downsampling bottleneck sits on its 3×3 conv (conv2); ``style='caffe'`` (FCOS,
+zoo_spec §1.2) puts it on the 1×1 conv1, with the same keys and shapes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "load_torchvision_weights",
+    "resnet_backbone",
+    "TORCHVISION_V1_URLS",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -77,13 +80,14 @@ class Bottleneck(nn.Module):
     Args:
         inplanes: input channels.
         planes: the stage's base channels; the block outputs ``4 * planes``.
-        stride: stride of conv2 (``style='pytorch'``).
+        stride: stride of conv2 (``style='pytorch'``) or of conv1 (``style='caffe'``).
         downsample: the shortcut module or None for identity.
         groups: cardinality of conv2 (ResNeXt).
         base_width: ResNeXt width per group at planes=64; the inner width is
             ``floor(planes * base_width / 64) * groups``.
         dcn: when True conv2 is a :class:`ModulatedDeformConv2d` (deform_groups 1, no bias),
             keys ``conv2.weight`` + ``conv2.conv_offset.{weight,bias}`` (spec §8.3).
+        style: ``'pytorch'`` or ``'caffe'`` (which conv carries the stride).
 
     forward: x [N, inplanes, H, W] -> [N, 4·planes, ceil(H/stride), ceil(W/stride)].
     """
@@ -99,10 +103,12 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         dcn: bool = False,
+        style: str = "pytorch",
     ) -> None:
         super().__init__()
         width = (planes * base_width // 64) * groups
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        conv1_stride, stride = (stride, 1) if style == "caffe" else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, width, 1, stride=conv1_stride, bias=False)
         self.bn1 = _bn(width)
         if dcn:
             self.conv2 = ModulatedDeformConv2d(
@@ -153,6 +159,10 @@ class ResNet(nn.Module):
             non-frozen stages remain trainable.
         stage_with_dcn: 4 flags; in flagged stages the conv2 (3×3) of every Bottleneck becomes a
             :class:`ModulatedDeformConv2d` (groups as the block, deform_groups 1, stride on it).
+        style: ``'pytorch'`` (stride on the 3×3 conv2 of a downsampling bottleneck) or
+            ``'caffe'`` (on its 1×1 conv1; MMDetection's caffe-style ResNets, zoo_spec §1.2).
+        norm_requires_grad: False freezes the affine parameters of every BatchNorm too
+            (``norm_cfg=BN(requires_grad=False)`` of the caffe configs).
 
     Attributes:
         out_channels: list[int], channels of the returned maps (e.g. [512, 1024, 2048] for
@@ -164,7 +174,7 @@ class ResNet(nn.Module):
 
     Raises:
         ValueError: unknown depth, ResNeXt/DCN options on a BasicBlock depth, bad out_indices,
-            frozen_stages or stage_with_dcn.
+            frozen_stages, stage_with_dcn or style.
     """
 
     def __init__(
@@ -176,8 +186,12 @@ class ResNet(nn.Module):
         frozen_stages: int = 1,
         norm_eval: bool = True,
         stage_with_dcn: Sequence[bool] = (False, False, False, False),
+        style: str = "pytorch",
+        norm_requires_grad: bool = True,
     ) -> None:
         super().__init__()
+        if style not in ("pytorch", "caffe"):
+            raise ValueError(f"ResNet: style must be 'pytorch' or 'caffe', got {style!r}")
         if depth not in _ARCH:
             raise ValueError(f"ResNet: depth must be one of {sorted(_ARCH)}, got {depth}")
         block, layers = _ARCH[depth]
@@ -201,6 +215,8 @@ class ResNet(nn.Module):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.stage_with_dcn = stage_with_dcn
+        self.style = style
+        self.norm_requires_grad = norm_requires_grad
 
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = _bn(64)
@@ -238,7 +254,7 @@ class ResNet(nn.Module):
                 nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), _bn(outplanes)
             )
         extra = {} if block is BasicBlock else {
-            "groups": self.groups, "base_width": self.base_width, "dcn": dcn}
+            "groups": self.groups, "base_width": self.base_width, "dcn": dcn, "style": self.style}
         mods = [block(inplanes, planes, stride, downsample, **extra)]
         for _ in range(1, blocks):
             mods.append(block(outplanes, planes, 1, None, **extra))
@@ -274,6 +290,11 @@ class ResNet(nn.Module):
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
+        if not self.norm_requires_grad:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "ResNet":
         """Set train/eval mode, then keep frozen stages (and, with norm_eval, all BN) in eval."""
@@ -391,3 +412,58 @@ def load_torchvision_weights(backbone: ResNet, path_or_url: str) -> list[str]:
                          f"{bad[0]} (file vs model); wrong depth or width?")
     result = backbone.load_state_dict({k: sd[k] for k in matched}, strict=False)
     return sorted(result.missing_keys)
+
+
+#: torchvision's ImageNet V1 ResNet weights (vfnet_spec §1.1 and pitfall 21: V1, not V2), used
+#: for ``pretrained_backbone=True``. Downloaded by torch.hub on first use (needs network access).
+TORCHVISION_V1_URLS = {
+    (18, 1): "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    (34, 1): "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    (50, 1): "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+    (101, 1): "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+}
+
+
+def resnet_backbone(
+    depth: int,
+    groups: int = 1,
+    base_width: int = 64,
+    dcn: bool = False,
+    pretrained: str | bool | None = None,
+    style: str = "pytorch",
+) -> ResNet:
+    """The detection trunk of every ResNet zoo model: C3-C5 (out_indices 1-3), stem and
+    layer1 frozen, BN in eval mode (zoo_spec §1.2); DCNv2 in the 3×3 convs of stages 2-4 with
+    ``dcn``. ``style='caffe'`` also freezes every BN's affine parameters (FCOS).
+
+    Args:
+        depth, groups, base_width: see :class:`ResNet`.
+        dcn: DCNv2 in stages 2-4 (``stage_with_dcn=(False, True, True, True)``).
+        pretrained: path or URL of ImageNet weights in torchvision's key layout, or ``True``
+            for torchvision's V1 weights of plain ResNets (downloaded; needs network access).
+        style: ``'pytorch'`` or ``'caffe'``.
+
+    Raises:
+        ValueError: ``pretrained=True`` for a backbone without torchvision weights.
+    """
+    backbone = ResNet(
+        depth,
+        groups=groups,
+        base_width=base_width,
+        out_indices=(1, 2, 3),
+        frozen_stages=1,
+        norm_eval=True,
+        stage_with_dcn=(False, dcn, dcn, dcn),
+        style=style,
+        norm_requires_grad=style != "caffe",
+    )
+    if pretrained:
+        if pretrained is True:
+            if (depth, groups) not in TORCHVISION_V1_URLS:
+                raise ValueError(
+                    f"no torchvision ImageNet weights exist for this backbone (depth {depth}, groups {groups}); "
+                    "pass pretrained_backbone=<path or URL of a checkpoint>"
+                )
+            pretrained = TORCHVISION_V1_URLS[(depth, groups)]
+        load_torchvision_weights(backbone, pretrained)
+    return backbone

@@ -1,5 +1,5 @@
-"""Detectors (one file per family) and their builder functions."""
+"""Detectors: the generic single-stage detector and one builder file per family."""
 
-from .vfnet import VFNet
+from .single_stage import DenseHead, Detector, SingleStageDetector
 
-__all__ = ["VFNet"]
+__all__ = ["DenseHead", "Detector", "SingleStageDetector"]

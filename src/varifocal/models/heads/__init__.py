@@ -1,5 +1,5 @@
-"""Dense detection heads."""
+"""Dense detection heads, one file per family."""
 
-from .vfnet_head import VFNetHead, grid_points
+from .vfnet_head import VFNetHead, VFNetOutputs
 
-__all__ = ["VFNetHead", "grid_points"]
+__all__ = ["VFNetHead", "VFNetOutputs"]

@@ -10,12 +10,11 @@ verbatim (spec §8.2).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from ...assigners.atss import ATSSAssigner
 from ...losses import FocalLoss, GIoULoss, VarifocalLoss
@@ -23,40 +22,26 @@ from ...structures.boxes import bbox2distance, bbox_overlaps, distance2bbox
 from ...utils.dist import reduce_mean
 from ..layers.conv_module import ConvModule, Scale
 from ..layers.star_deform_conv import StarDeformConv2d
+from ..postprocess import TestConfig, flatten_level, predict_single_image
+from ..priors import grid_points, valid_flags
 
-__all__ = ["VFNetHead", "grid_points"]
+__all__ = ["VFNetHead", "VFNetOutputs", "VFNET_TEST_CFG"]
 
 INF = 1e8
 
+#: ``vfnet_r50_fpn_1x_coco`` test_cfg (spec §5): NMS 0.6, MMDetection 3.x procedure.
+VFNET_TEST_CFG = TestConfig(score_thr=0.05, nms_pre=1000, nms_iou=0.6, max_per_img=100, min_bbox_size=0.0)
 
-def grid_points(
-    featmap_sizes: Sequence[tuple[int, int]],
-    strides: Sequence[int],
-    offset: float = 0.0,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> list[Tensor]:
-    """Locations of the feature-map cells in input-image pixels (spec §2.5).
 
-    Cell (i, j) of a level with stride s sits at ``(x, y) = ((j + offset)·s, (i + offset)·s)``;
-    VFNet in ATSS mode uses ``offset = 0``.
+class VFNetOutputs(NamedTuple):
+    """Raw VFNet head outputs, lists over levels: ``cls_scores [N, C, H, W]`` logits,
+    ``bbox_preds`` and ``bbox_preds_refine [N, 4, H, W]`` initial and refined (l, t, r, b)
+    distances in input-image pixels (float32)."""
 
-    Args:
-        featmap_sizes: ``(H_l, W_l)`` per level.
-        strides: stride s_l per level, pixels.
-        offset: fraction of a stride added to both coordinates.
+    cls_scores: list[Tensor]
+    bbox_preds: list[Tensor]
+    bbox_preds_refine: list[Tensor]
 
-    Returns:
-        One ``[H_l·W_l, 2]`` tensor of ``(x, y)`` per level, row-major (index ``i·W_l + j``),
-        the order of ``feature.permute(0, 2, 3, 1).reshape(-1, C)``.
-    """
-    points = []
-    for (h, w), s in zip(featmap_sizes, strides):
-        xs = (torch.arange(w, device=device, dtype=dtype) + offset) * s
-        ys = (torch.arange(h, device=device, dtype=dtype) + offset) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1))
-    return points
 
 
 class VFNetHead(nn.Module):
@@ -82,11 +67,11 @@ class VFNetHead(nn.Module):
         atss_topk: ATSS candidates per level (spec §3.2).
         anchor_scale: side of the virtual ATSS anchor in strides (8, spec §3.1).
         star_conv_impl: ``'auto'``, ``'fast'`` or ``'torchvision'`` (see ``StarDeformConv2d``).
-        score_thr, nms_pre, nms_iou, max_per_img: test settings (spec §5).
-        postprocess: ``'mmdet3'`` (spec §5.2, default) or ``'mmdet2'`` (spec §5.1).
+        test_cfg: test settings (spec §5): a :class:`TestConfig`, or a mapping of fields that
+            override :data:`VFNET_TEST_CFG` (``postprocess='mmdet2'`` gives spec §5.1).
 
     Raises:
-        ValueError: on an unknown ``bbox_norm_type`` or ``postprocess``, or mismatched
+        ValueError: on an unknown ``bbox_norm_type`` or test_cfg field, or mismatched
             ``strides``/``regress_ranges`` lengths.
     """
 
@@ -113,19 +98,13 @@ class VFNetHead(nn.Module):
         atss_topk: int = 9,
         anchor_scale: float = 8.0,
         star_conv_impl: str = "auto",
-        score_thr: float = 0.05,
-        nms_pre: int = 1000,
-        nms_iou: float = 0.6,
-        max_per_img: int = 100,
-        postprocess: str = "mmdet3",
+        test_cfg: TestConfig | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if len(strides) != len(regress_ranges):
             raise ValueError(f"{len(strides)} strides but {len(regress_ranges)} regress_ranges")
         if bbox_norm_type not in ("reg_denom", "stride"):
             raise ValueError(f"bbox_norm_type must be 'reg_denom' or 'stride', got {bbox_norm_type!r}")
-        if postprocess not in ("mmdet3", "mmdet2"):
-            raise ValueError(f"postprocess must be 'mmdet3' or 'mmdet2', got {postprocess!r}")
         self.num_classes = int(num_classes)
         self.in_channels = in_channels
         self.feat_channels = feat_channels
@@ -138,11 +117,7 @@ class VFNetHead(nn.Module):
         self.bbox_norm_type = bbox_norm_type
         self.use_vfl = bool(use_vfl)
         self.anchor_scale = float(anchor_scale)
-        self.score_thr = float(score_thr)
-        self.nms_pre = int(nms_pre)
-        self.nms_iou = float(nms_iou)
-        self.max_per_img = int(max_per_img)
-        self.postprocess = postprocess
+        self.test_cfg = VFNET_TEST_CFG.replace(test_cfg)
 
         # --- layers (spec §2.1); names reproduce the official checkpoint keys ---
         self.cls_convs = nn.ModuleList()
@@ -191,17 +166,17 @@ class VFNetHead(nn.Module):
         nn.init.constant_(self.vfnet_cls.bias, -math.log((1 - 0.01) / 0.01))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def forward(self, feats: Sequence[Tensor]) -> VFNetOutputs:
         """Run the head on every FPN level (spec §2.2).
 
         Args:
             feats: FPN levels ``[N, in_channels, H_l, W_l]``, finest first, one per stride.
 
         Returns:
-            ``(cls_scores, bbox_preds, bbox_preds_refine)``, lists over levels of
-            ``[N, num_classes, H_l, W_l]`` logits, ``[N, 4, H_l, W_l]`` initial (l, t, r, b)
-            distances and ``[N, 4, H_l, W_l]`` refined distances, in input-image pixels.
-            Distances are float32 even under autocast.
+            :class:`VFNetOutputs`: lists over levels of ``[N, num_classes, H_l, W_l]``
+            logits, ``[N, 4, H_l, W_l]`` initial (l, t, r, b) distances and
+            ``[N, 4, H_l, W_l]`` refined distances, in input-image pixels. Distances are
+            float32 even under autocast.
 
         Raises:
             ValueError: if the number of levels differs from ``len(strides)``.
@@ -214,7 +189,7 @@ class VFNetHead(nn.Module):
             cls_scores.append(cls_score)
             bbox_preds.append(bbox_pred)
             bbox_preds_refine.append(bbox_pred_refine)
-        return cls_scores, bbox_preds, bbox_preds_refine
+        return VFNetOutputs(cls_scores, bbox_preds, bbox_preds_refine)
 
     def forward_single(self, x: Tensor, lvl: int) -> tuple[Tensor, Tensor, Tensor]:
         """One level: ``x [N, C, H, W]`` → (logits ``[N, K, H, W]``, init and refined
@@ -279,15 +254,7 @@ class VFNetHead(nn.Module):
 
         per_img_labels, per_img_weights, per_img_targets = [], [], []
         for boxes, labels, meta in zip(gt_bboxes, gt_labels, img_metas):
-            pad_h, pad_w = meta["pad_shape"][:2]
-            valid = []
-            for (h, w), s in zip(featmap_sizes, self.strides):
-                vh, vw = min(int(math.ceil(pad_h / s)), h), min(int(math.ceil(pad_w / s)), w)
-                vy = torch.zeros(h, dtype=torch.bool, device=device)
-                vx = torch.zeros(w, dtype=torch.bool, device=device)
-                vy[:vh] = True
-                vx[:vw] = True
-                valid.append((vy[:, None] & vx[None, :]).reshape(-1))
+            valid = valid_flags(featmap_sizes, self.strides, meta["pad_shape"][:2], device=device)
             num_valid = [int(v.sum()) for v in valid]
             valid_flat = torch.cat(valid)
             result = self.assigner.assign(
@@ -314,9 +281,7 @@ class VFNetHead(nn.Module):
     # ------------------------------------------------------------------ loss
     def loss(
         self,
-        cls_scores: Sequence[Tensor],
-        bbox_preds: Sequence[Tensor],
-        bbox_preds_refine: Sequence[Tensor],
+        outs: VFNetOutputs,
         gt_bboxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
         img_metas: Sequence[dict[str, Any]],
@@ -324,7 +289,7 @@ class VFNetHead(nn.Module):
         """VFNet losses (spec §4) for a batch.
 
         Args:
-            cls_scores, bbox_preds, bbox_preds_refine: the outputs of :meth:`forward`.
+            outs: the outputs of :meth:`forward`.
             gt_bboxes: per image ``[K_i, 4]`` xyxy, resized-image pixels (no crowd boxes).
             gt_labels: per image ``[K_i]`` long in ``[0, num_classes)``.
             img_metas: per image dicts with ``pad_shape``.
@@ -337,6 +302,7 @@ class VFNetHead(nn.Module):
             the box losses are zeros that still backpropagate. Every all-reduce runs whether
             or not this process has positives (spec §10 item 10).
         """
+        cls_scores, bbox_preds, bbox_preds_refine = outs
         featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
         device = cls_scores[0].device
         labels, label_weights, bbox_targets = self.get_targets(featmap_sizes, gt_bboxes, gt_labels, img_metas, device)
@@ -344,9 +310,9 @@ class VFNetHead(nn.Module):
         points = grid_points(featmap_sizes, self.strides, 0.0, device)
 
         # Flatten level-major, image-major within a level (spec §4).
-        flat_cls = torch.cat([c.permute(0, 2, 3, 1).reshape(-1, self.num_classes) for c in cls_scores]).float()
-        flat_init = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, 4) for b in bbox_preds]).float()
-        flat_refine = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, 4) for b in bbox_preds_refine]).float()
+        flat_cls = torch.cat([flatten_level(c, self.num_classes).reshape(-1, self.num_classes) for c in cls_scores]).float()
+        flat_init = torch.cat([flatten_level(b, 4).reshape(-1, 4) for b in bbox_preds]).float()
+        flat_refine = torch.cat([flatten_level(b, 4).reshape(-1, 4) for b in bbox_preds_refine]).float()
         flat_labels = torch.cat(labels)  # [M]
         flat_weights = torch.cat(label_weights)  # [M]
         flat_targets = torch.cat(bbox_targets)  # [M, 4]
@@ -387,17 +353,13 @@ class VFNetHead(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def predict(
-        self,
-        cls_scores: Sequence[Tensor],
-        bbox_preds_refine: Sequence[Tensor],
-        img_metas: Sequence[dict[str, Any]],
-        rescale: bool = True,
+        self, outs: VFNetOutputs, img_metas: Sequence[dict[str, Any]], rescale: bool = True
     ) -> list[dict[str, Tensor]]:
-        """Detections per image (spec §5.2 by default, §5.1 with ``postprocess='mmdet2'``).
+        """Detections per image from the refined boxes (spec §5.2, or §5.1 with
+        ``test_cfg.postprocess='mmdet2'``), see :func:`predict_single_image`.
 
         Args:
-            cls_scores: per level ``[N, num_classes, H_l, W_l]`` logits.
-            bbox_preds_refine: per level ``[N, 4, H_l, W_l]`` refined distances, pixels.
+            outs: the outputs of :meth:`forward` (``bbox_preds`` is not used).
             img_metas: per image dicts with ``img_shape`` (h, w), resized and unpadded, and,
                 when ``rescale``, ``scale_factor`` (w_scale, h_scale).
             rescale: map boxes back to original-image pixels.
@@ -405,77 +367,13 @@ class VFNetHead(nn.Module):
         Returns:
             One dict per image: ``boxes [k, 4]`` xyxy float32 (original-image pixels when
             ``rescale``, else resized-image pixels), ``scores [k]`` (sigmoid of the IACS),
-            ``labels [k]`` long, sorted by descending score, ``k ≤ max_per_img``.
+            ``labels [k]`` long, sorted by descending score, ``k ≤ test_cfg.max_per_img``.
         """
-        featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
-        device = cls_scores[0].device
-        points = grid_points(featmap_sizes, self.strides, 0.0, device)
+        featmap_sizes = [tuple(c.shape[-2:]) for c in outs.cls_scores]
+        points = grid_points(featmap_sizes, self.strides, 0.0, outs.cls_scores[0].device)
         results = []
         for i, meta in enumerate(img_metas):
-            cls_i = [c[i].detach().float() for c in cls_scores]
-            box_i = [b[i].detach().float() for b in bbox_preds_refine]
-            if self.postprocess == "mmdet3":
-                results.append(self._predict_single_v3(cls_i, box_i, points, meta, rescale))
-            else:
-                results.append(self._predict_single_v2(cls_i, box_i, points, meta, rescale))
+            scores = [flatten_level(c[i].detach().float(), self.num_classes).sigmoid() for c in outs.cls_scores]
+            dists = [flatten_level(b[i].detach().float(), 4) for b in outs.bbox_preds_refine]
+            results.append(predict_single_image(scores, dists, points, distance2bbox, meta, self.test_cfg, rescale=rescale))
         return results
-
-    def _rescale(self, boxes: Tensor, meta: dict[str, Any]) -> Tensor:
-        w_scale, h_scale = meta["scale_factor"][:2]
-        return boxes * boxes.new_tensor([1.0 / w_scale, 1.0 / h_scale, 1.0 / w_scale, 1.0 / h_scale])
-
-    def _finish(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        if boxes.numel() == 0:
-            return {"boxes": boxes.reshape(0, 4), "scores": scores.reshape(0), "labels": labels.reshape(0)}
-        keep = batched_nms(boxes, scores, labels, self.nms_iou)[: self.max_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
-
-    def _predict_single_v3(self, cls_i, box_i, points, meta, rescale) -> dict[str, Tensor]:
-        """Spec §5.2: per level threshold, top-``nms_pre`` (location, class) pairs, decode
-        with a clamp to ``img_shape``, rescale, drop empty boxes, batched NMS, top-k."""
-        all_boxes, all_scores, all_labels = [], [], []
-        for cls, box, pts in zip(cls_i, box_i, points):
-            scores = cls.permute(1, 2, 0).reshape(-1, self.num_classes).sigmoid()  # [HW, K]
-            dist = box.permute(1, 2, 0).reshape(-1, 4)  # [HW, 4]
-            valid = scores > self.score_thr
-            cand_scores = scores[valid]
-            cand_idx = torch.nonzero(valid, as_tuple=False)  # [P, 2] (location, class)
-            num_topk = min(self.nms_pre, cand_idx.shape[0])
-            cand_scores, order = cand_scores.sort(descending=True)
-            cand_scores = cand_scores[:num_topk]
-            keep_idx = cand_idx[order[:num_topk]]
-            loc, labels = keep_idx[:, 0], keep_idx[:, 1]
-            all_boxes.append(distance2bbox(pts[loc], dist[loc], max_shape=meta["img_shape"][:2]))
-            all_scores.append(cand_scores)
-            all_labels.append(labels)
-        boxes = torch.cat(all_boxes)
-        scores = torch.cat(all_scores)
-        labels = torch.cat(all_labels)
-        if rescale:
-            boxes = self._rescale(boxes, meta)
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
-        if not bool(keep.all()):
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        return self._finish(boxes, scores, labels)
-
-    def _predict_single_v2(self, cls_i, box_i, points, meta, rescale) -> dict[str, Tensor]:
-        """Spec §5.1: per level top-``nms_pre`` locations by max class score, decode with a
-        clamp, rescale, then every (box, class) pair with score > ``score_thr`` into
-        batched NMS and top-k."""
-        all_boxes, all_scores = [], []
-        for cls, box, pts in zip(cls_i, box_i, points):
-            scores = cls.permute(1, 2, 0).reshape(-1, self.num_classes).sigmoid()  # [HW, K]
-            dist = box.permute(1, 2, 0).reshape(-1, 4)
-            if 0 < self.nms_pre < scores.shape[0]:
-                _, top = scores.max(dim=1).values.topk(self.nms_pre)
-                scores, dist, pts = scores[top], dist[top], pts[top]
-            all_boxes.append(distance2bbox(pts, dist, max_shape=meta["img_shape"][:2]))
-            all_scores.append(scores)
-        boxes = torch.cat(all_boxes)
-        scores = torch.cat(all_scores)
-        if rescale:
-            w_scale, h_scale = meta["scale_factor"][:2]
-            boxes = boxes / boxes.new_tensor([w_scale, h_scale, w_scale, h_scale])
-        valid = scores > self.score_thr
-        loc, labels = torch.nonzero(valid, as_tuple=True)
-        return self._finish(boxes[loc], scores[loc, labels], labels)

@@ -16,35 +16,49 @@ __all__ = ["ConvModule", "Scale"]
 
 
 class ConvModule(nn.Module):
-    """3×3 conv (stride 1, pad 1, no bias) → GroupNorm → ReLU, as in spec §2.1.
+    """3×3 conv (stride 1, pad 1) → GroupNorm → ReLU, as in spec §2.1; or, with
+    ``num_groups=None``, conv (with bias) → ReLU (RetinaNet's towers, zoo_spec §2.1).
 
     Args:
         in_channels: input channels C_in.
         out_channels: output channels C_out; must be divisible by ``num_groups``.
-        num_groups: GroupNorm groups (32 in every VFNet config), eps 1e-5, affine.
+        num_groups: GroupNorm groups (32 in every config), eps 1e-5, affine; ``None``: no norm.
         use_dcn: replace the plain conv by a modulated deformable conv (DCNv2) that learns
             its own offsets (``dcn_on_last_conv``, spec §2.1 and §8.3). The checkpoint keys
             then gain ``conv.conv_offset.{weight,bias}``.
+        bias: conv bias; ``None`` (MMDetection's ``'auto'``) = only without a norm.
 
+    Keys: ``conv.weight`` (``conv.bias``), ``gn.weight``, ``gn.bias``.
     Shapes: ``[N, C_in, H, W] → [N, C_out, H, W]``.
 
     Raises:
         ValueError: if ``out_channels`` is not divisible by ``num_groups``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32, use_dcn: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_groups: int | None = 32,
+        use_dcn: bool = False,
+        bias: bool | None = None,
+    ) -> None:
         super().__init__()
-        if out_channels % num_groups:
+        if num_groups is not None and out_channels % num_groups:
             raise ValueError(f"out_channels={out_channels} is not divisible by num_groups={num_groups}")
+        with_bias = num_groups is None if bias is None else bool(bias)
         if use_dcn:
-            self.conv: nn.Module = ModulatedDeformConv2d(in_channels, out_channels, 3, padding=1, bias=False)
+            self.conv: nn.Module = ModulatedDeformConv2d(in_channels, out_channels, 3, padding=1, bias=with_bias)
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.gn = nn.GroupNorm(num_groups, out_channels, eps=1e-5)
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=with_bias)
+        self.gn = nn.GroupNorm(num_groups, out_channels, eps=1e-5) if num_groups is not None else None
         self.activate = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.activate(self.gn(self.conv(x)))
+        x = self.conv(x)
+        if self.gn is not None:
+            x = self.gn(x)
+        return self.activate(x)
 
 
 class Scale(nn.Module):

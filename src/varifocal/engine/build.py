@@ -1,0 +1,66 @@
+"""Building the datasets and the model of a configuration (spec §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..config import Config
+from ..data import CocoDetection, VOCDetection, build_test_transforms, build_train_transforms
+from ..models.zoo import build_model
+
+__all__ = ["build_datasets", "model_kwargs_from_config", "model_from_config"]
+
+
+def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+    """The training and validation datasets of ``cfg.data`` (COCO JSON or VOC XML)."""
+    d = cfg.data
+    train_ds = val_ds = None
+    train_tf = build_train_transforms(tuple(d.train_scale), d.multiscale_mode, d.train_scales or None, d.flip_prob)
+    test_tf = build_test_transforms(tuple(cfg.model.test_scale))
+    if d.format == "coco":
+        if train:
+            train_ds = CocoDetection(d.path(d.train_images), d.path(d.train_ann), train_tf, d.skip_bad_images,
+                                     drop_empty=d.drop_empty, min_size=d.min_size, seed=cfg.train.seed)
+        if val:
+            val_ds = CocoDetection(d.path(d.val_images), d.path(d.val_ann), test_tf, d.skip_bad_images)
+    else:
+        if train:
+            train_ds = VOCDetection(d.root, d.train_set, d.class_names, train_tf, d.skip_bad_images,
+                                    drop_empty=d.drop_empty, min_size=d.min_size, seed=cfg.train.seed)
+        if val:
+            val_ds = VOCDetection(d.root, d.val_set, d.class_names, test_tf, d.skip_bad_images)
+    return train_ds, val_ds
+
+
+def test_cfg_from_config(cfg: Config) -> dict[str, Any]:
+    """The ``eval`` settings that the config sets, as head ``test_cfg`` overrides; unset
+    (``null``) ones keep the detector's own defaults (e.g. NMS 0.5 for RetinaNet, 0.6 for VFNet)."""
+    e = cfg.eval
+    values = {"score_thr": e.score_thr, "nms_iou": e.nms_iou, "nms_pre": e.nms_pre, "max_per_img": e.max_per_img}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def model_kwargs_from_config(cfg: Config) -> dict[str, Any]:
+    """Builder keyword arguments that rebuild the model of ``cfg`` (stored in checkpoints)."""
+    kwargs: dict[str, Any] = {
+        "num_classes": cfg.model.num_classes,
+        "scale": list(cfg.model.test_scale),
+        "test_cfg": test_cfg_from_config(cfg),
+    }
+    if cfg.model.use_vfl is not None:
+        kwargs["use_vfl"] = cfg.model.use_vfl
+    return kwargs
+
+
+def model_from_config(cfg: Config, pretrained: bool = True) -> nn.Module:
+    """Build ``cfg.model.name`` (and load ``cfg.model.load_from`` if set)."""
+    kwargs = model_kwargs_from_config(cfg)
+    if pretrained and cfg.model.pretrained_backbone:
+        kwargs["pretrained_backbone"] = cfg.model.pretrained_backbone
+    model = build_model(cfg.model.name, **kwargs)
+    if cfg.model.load_from:
+        load_checkpoint(model, cfg.model.load_from)
+    return model
