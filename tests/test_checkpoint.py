@@ -90,10 +90,35 @@ def test_refuses_pickled_objects_and_garbage(tmp_path):
 
 def test_infer_model_name_from_keys():
     for name, classes in [("vfnet_r50_fpn", 80), ("vfnet_r101_fpn_dcn", 3), ("vfnet_x101_64x4d_fpn_dcn", 80),
-                          ("vfnet_x101_32x4d_fpn", 5), ("vfnet_r18_fpn", 2), ("vfnet_lite0_fpn", 3)]:
+                          ("vfnet_x101_32x4d_fpn", 5), ("vfnet_r18_fpn", 2), ("vfnet_lite0_fpn", 3),
+                          ("retinanet_r50_fpn", 80), ("retinanet_x101_64x4d_fpn", 7), ("retinanet_lite0_fpn", 3),
+                          ("fcos_r50_caffe_fpn_gn_head", 80), ("fcos_r50_caffe_fpn_gn_head_tricks", 4),
+                          ("fcos_r101_caffe_fpn_gn_head", 2), ("fcos_x101_64x4d_fpn_gn_head", 80), ("fcos_lite0_fpn", 3),
+                          ("atss_r50_fpn", 80), ("atss_r101_fpn", 6), ("atss_lite0_fpn", 3)]:
         with torch.device("meta"):
             model = varifocal.build_model(name, num_classes=classes)
         assert infer_model_name(model.state_dict()) == (name, {"num_classes": classes})
+
+
+def test_unknown_head_is_refused_in_one_line():
+    with pytest.raises(CheckpointError, match=r"not a checkpoint of a detector this package builds \(bbox_head modules: \['foo'\]\)"):
+        infer_model_name({"bbox_head.foo.weight": torch.zeros(1)})
+
+
+def test_legacy_fcos_predictor_names_load(tmp_path):
+    """Zoo files from before MMDetection's July 2020 refactor call the predictors fcos_cls,
+    fcos_reg, fcos_centerness (zoo_spec §1.18); they load into conv_* and convert by name."""
+    torch.manual_seed(0)
+    model = varifocal.build_model("fcos_lite0_fpn", num_classes=3)
+    legacy = {k.replace("bbox_head.conv_", "bbox_head.fcos_"): v for k, v in model.state_dict().items()}
+    assert "bbox_head.fcos_centerness.weight" in legacy and "bbox_head.conv_cls.weight" not in legacy
+    src = tmp_path / "fcos_legacy.pth"
+    torch.save({"state_dict": legacy, "meta": {"CLASSES": ("a", "b", "c")}}, src)
+    fresh = varifocal.build_model("fcos_lite0_fpn", num_classes=3)
+    varifocal.load_checkpoint(fresh, src)
+    assert torch.equal(fresh.bbox_head.conv_centerness.weight, model.bbox_head.conv_centerness.weight)
+    info = convert_mmdet_checkpoint(src, tmp_path / "converted.pth")
+    assert info["model_name"] == "fcos_lite0_fpn" and info["class_names"] == ["a", "b", "c"]
 
 
 def test_convert_mmdet_checkpoint(tmp_path):

@@ -14,7 +14,6 @@ Formats recognised by :func:`read_checkpoint` (all read with ``weights_only=True
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -118,6 +117,28 @@ def _upgrade_model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+#: Predictor names of MMDetection's anchor-free heads before its July 2020 refactor (zoo_spec
+#: §1.18): ``bbox_head.fcos_cls.*`` → ``bbox_head.conv_cls.*`` and likewise for FoveaBox.
+_LEGACY_HEAD_PREFIXES = ("fcos", "fovea")
+_LEGACY_HEAD_SUFFIXES = ("cls", "reg", "centerness")
+
+
+def _rename_legacy_keys(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """MMDetection's legacy renamer: a key ``bbox_head.<p>_<s>.*`` (p in fcos/fovea, s in
+    cls/reg/centerness) becomes ``bbox_head.conv_<s>.*`` when the model has that key and the
+    checkpoint does not."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "bbox_head" and key not in own:
+            prefix, _, suffix = parts[1].partition("_")
+            renamed = ".".join(["bbox_head", f"conv_{suffix}", *parts[2:]])
+            if prefix in _LEGACY_HEAD_PREFIXES and suffix in _LEGACY_HEAD_SUFFIXES and renamed in own and renamed not in state:
+                key = renamed
+        out[key] = value
+    return out
+
+
 def _summarise(keys: Sequence[str], limit: int = 4) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
@@ -163,8 +184,8 @@ def _load_into(
     prefixes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """:func:`load_checkpoint` of an already read checkpoint (``path`` names it in errors)."""
-    state = ckpt["state_dict"]
     own = model.state_dict()
+    state = _rename_legacy_keys(ckpt["state_dict"], own) if ckpt["format"] == "mmdet" else ckpt["state_dict"]
 
     def selected(key: str) -> bool:
         return prefixes is None or any(key.startswith(p) for p in prefixes)
@@ -251,40 +272,23 @@ def save_checkpoint(
 
 
 def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
-    """Guess the builder name and ``num_classes`` of a VFNet state dict from its keys/shapes.
-
-    Returns:
-        ``(name, {'num_classes': K})``, e.g. ``('vfnet_r101_fpn_dcn', {'num_classes': 80})``.
+    """Guess the zoo name and ``num_classes`` of a detector state dict from its keys and shapes
+    (see :func:`varifocal.models.zoo.infer_model_name`).
 
     Raises:
-        CheckpointError: if the keys are not those of a VFNet this package builds.
+        CheckpointError: if the keys are not those of a detector this package builds.
     """
-    cls_w = state_dict.get("bbox_head.vfnet_cls.weight")
-    if cls_w is None:
-        raise CheckpointError("not a VFNet checkpoint: no bbox_head.vfnet_cls.weight")
-    kwargs = {"num_classes": int(cls_w.shape[0])}
-    if "backbone._conv_stem.weight" in state_dict:
-        return "vfnet_lite0_fpn", kwargs
-    blocks = {int(m.group(1)) for k in state_dict for m in [re.match(r"backbone\.layer3\.(\d+)\.", k)] if m}
-    if not blocks:
-        raise CheckpointError("not a VFNet checkpoint: unknown backbone (no backbone.layer3.* keys)")
-    n3 = max(blocks) + 1
-    bottleneck = "backbone.layer1.0.conv3.weight" in state_dict
-    depth = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101}.get((bottleneck, n3))
-    if depth is None:
-        raise CheckpointError(f"not a supported ResNet depth ({n3} blocks in layer3)")
-    dcn = "backbone.layer2.0.conv2.conv_offset.weight" in state_dict
-    width = int(state_dict["backbone.layer1.0.conv2.weight"].shape[0])
-    if depth in (18, 34) or width == 64:
-        name = f"vfnet_r{depth}_fpn"
-    else:
-        groups = width // 4
-        name = f"vfnet_x{depth}_{groups}x4d_fpn"
-    return name + ("_dcn" if dcn else ""), kwargs
+    from .models.zoo import infer_model_name as _infer
+
+    try:
+        return _infer(state_dict)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
-    """Convert an MMDetection VFNet checkpoint into varifocal's format.
+    """Convert an MMDetection checkpoint (any detector of :func:`varifocal.list_models`) into
+    varifocal's format.
 
     The weights are loaded into a freshly built model first (so a checkpoint that does not
     fit fails here, with the key lists), then saved with the model name, ``num_classes`` and
@@ -294,7 +298,7 @@ def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, mod
         ``{'model_name', 'num_classes', 'class_names'}``.
 
     Raises:
-        CheckpointError: unreadable or non-VFNet checkpoint, or keys that do not fit.
+        CheckpointError: unreadable or unrecognised checkpoint, or keys that do not fit.
     """
     return _convert_mmdet(read_checkpoint(src), src, dst, model_name)
 

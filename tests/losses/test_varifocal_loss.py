@@ -90,3 +90,13 @@ def test_low_precision_is_upcast():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="same shape"):
         varifocal_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_label_weights_drop_rows_before_the_reduction():
+    """weight [N] scales each row (RetinaNet's VFL variant passes its label weights)."""
+    pred = torch.tensor([[0.3, -1.0], [2.0, 0.5], [-0.7, 1.2]])
+    target = torch.tensor([[0.6, 0.0], [0.0, 0.0], [0.0, 0.9]])
+    loss = VarifocalLoss()
+    weighted = loss(pred, target, avg_factor=2.0, weight=torch.tensor([1.0, 0.0, 0.5]))
+    rows = loss(pred[[0]], target[[0]], avg_factor=2.0) + 0.5 * loss(pred[[2]], target[[2]], avg_factor=2.0)
+    assert float(weighted) == pytest.approx(float(rows), rel=1e-6)

@@ -151,7 +151,13 @@ def test_r50_matches_the_golden_checkpoint_exactly():
 
 def test_list_and_unknown_model():
     names = varifocal.list_models()
-    assert set(ZOO) | {"vfnet_lite0_fpn"} == set(names)
+    zoo = {
+        "retinanet_r50_fpn", "retinanet_r101_fpn", "retinanet_x101_32x4d_fpn", "retinanet_x101_64x4d_fpn",
+        "fcos_r50_caffe_fpn_gn_head", "fcos_r101_caffe_fpn_gn_head", "fcos_x101_64x4d_fpn_gn_head",
+        "fcos_r50_caffe_fpn_gn_head_tricks", "atss_r50_fpn", "atss_r101_fpn",
+    }
+    lite = {"vfnet_lite0_fpn", "retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn"}
+    assert set(ZOO) | zoo | lite == set(names) and names == sorted(names)
     with pytest.raises(ValueError, match="did you mean vfnet_r50_fpn"):
         varifocal.build_model("vfnet_r5O_fpn")
 
@@ -175,3 +181,12 @@ def test_whole_detector_under_bfloat16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         dets = model(images)
     assert len(dets) == 2 and dets[0]["boxes"].dtype == torch.float32
+
+
+def test_variant_test_cfg_merges_with_the_callers():
+    """FCOS tricks tests at NMS 0.6 (zoo_spec §1.15); a config's score_thr keeps that NMS."""
+    with torch.device("meta"):
+        tricks = varifocal.build_model("fcos_r50_caffe_fpn_gn_head_tricks", test_cfg={"score_thr": 0.3})
+        base = varifocal.build_model("fcos_r50_caffe_fpn_gn_head", test_cfg={"score_thr": 0.3})
+    assert (tricks.bbox_head.test_cfg.nms_iou, tricks.bbox_head.test_cfg.score_thr) == (0.6, 0.3)
+    assert (base.bbox_head.test_cfg.nms_iou, base.bbox_head.test_cfg.score_thr) == (0.5, 0.3)

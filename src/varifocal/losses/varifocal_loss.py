@@ -97,6 +97,7 @@ class VarifocalLoss(nn.Module):
         pred: Tensor,
         target: Tensor,
         avg_factor: float | Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> Tensor:
         """Reduced loss.
 
@@ -104,6 +105,8 @@ class VarifocalLoss(nn.Module):
             pred: ``[N, C]`` logits (any float dtype; computed in float32, or float64).
             target: ``[N, C]`` soft IoU targets in ``[0, 1]``.
             avg_factor: normaliser (float or 0-dim tensor), or None for an element mean.
+            weight: optional ``[N]`` per-sample label weights (RetinaNet's VFL variant, zoo_spec
+                §2.7), broadcast over the classes.
 
         Returns:
             0-dim float32 tensor (float64 for float64 ``pred``).
@@ -114,6 +117,8 @@ class VarifocalLoss(nn.Module):
         loss = varifocal_loss(
             pred, target, alpha=self.alpha, gamma=self.gamma, iou_weighted=self.iou_weighted
         )
+        if weight is not None:
+            loss = loss * weight.to(loss.dtype)[:, None]
         return self.loss_weight * _reduce(loss, avg_factor)
 
     def extra_repr(self) -> str:

