@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 
 MODEL  ?= models/vfnet_lite0_bccd.pth
 
-.PHONY: venv test demo clean
+.PHONY: venv lint test demo clean
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-test: venv
+# Lint and format checks (ruff, configured in pyproject.toml), then the test suite.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # The bundled BCCD model on the held-out BCCD test split: COCO AP, per-class table, drawings.

@@ -138,32 +138,58 @@ def _size(text: str) -> tuple[int, int]:
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=lambda s: [_size(v) for v in s.split(",") if v],
-                   default=[(1333, 800), (640, 640)],
-                   help="inference sizes WxH, comma separated (default 1333x800,640x640)")
-    p.add_argument("--train-size", type=_size, default=(640, 640),
-                   help=f"training step size WxH, batch {TRAIN_BATCH} (default 640x640)")
+    p.add_argument(
+        "--sizes",
+        type=lambda s: [_size(v) for v in s.split(",") if v],
+        default=[(1333, 800), (640, 640)],
+        help="inference sizes WxH, comma separated (default 1333x800,640x640)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=_size,
+        default=(640, 640),
+        help=f"training step size WxH, batch {TRAIN_BATCH} (default 640x640)",
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed rounds (median of N)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--star-repeat", type=int, default=15,
-                   help="timed rounds of the star conv vs conv3x3 section, which runs in its own "
-                        "rounds after the models (cheap ops: more runs, less noise; default 15)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: leave torch's own count)")
+    p.add_argument(
+        "--star-repeat",
+        type=int,
+        default=15,
+        help="timed rounds of the star conv vs conv3x3 section, which runs in its own "
+        "rounds after the models (cheap ops: more runs, less noise; default 15)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's own count)")
     p.add_argument("--skip-memory", action="store_true", help="no peak-memory child processes")
     p.add_argument("--skip-train", action="store_true", help="no training steps")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
-    p.add_argument("--star-impl", choices=["auto", "fast", "torchvision"], default="auto",
-                   help="VFNet's star_conv_impl (default auto = fast on CPU, the library default)")
-    p.add_argument("--star-shape", type=int, nargs=4, default=[1, 256, 100, 152],
-                   metavar=("N", "C", "H", "W"), help="star conv vs conv input (P3 size)")
-    p.add_argument("--peak-size", type=int, default=4096,
-                   help="n of the n×n @ n×n float32 matmul measuring the FLOP/s limit")
-    p.add_argument("--tv-bn", choices=["frozen", "batchnorm"], default="frozen",
-                   help="torchvision backbones as with ImageNet weights (FrozenBatchNorm2d, "
-                        "layer2-4 trainable; default) or as built with weights_backbone=None")
-    p.add_argument("--dense-scores", action="store_true",
-                   help="classifier biases 0 (scores 0.5) so post-processing gets busy")
+    p.add_argument(
+        "--star-impl",
+        choices=["auto", "fast", "torchvision"],
+        default="auto",
+        help="VFNet's star_conv_impl (default auto = fast on CPU, the library default)",
+    )
+    p.add_argument(
+        "--star-shape",
+        type=int,
+        nargs=4,
+        default=[1, 256, 100, 152],
+        metavar=("N", "C", "H", "W"),
+        help="star conv vs conv input (P3 size)",
+    )
+    p.add_argument(
+        "--peak-size", type=int, default=4096, help="n of the n×n @ n×n float32 matmul measuring the FLOP/s limit"
+    )
+    p.add_argument(
+        "--tv-bn",
+        choices=["frozen", "batchnorm"],
+        default="frozen",
+        help="torchvision backbones as with ImageNet weights (FrozenBatchNorm2d, "
+        "layer2-4 trainable; default) or as built with weights_backbone=None",
+    )
+    p.add_argument(
+        "--dense-scores", action="store_true", help="classifier biases 0 (scores 0.5) so post-processing gets busy"
+    )
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.star_repeat < 1:
         p.error("--repeat and --star-repeat must be ≥ 1 and --warmup ≥ 0")
@@ -193,8 +219,9 @@ def make_batch(n: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
 def make_metas(n: int, size: tuple[int, int]) -> list[dict[str, Any]]:
     w, h = size
     pad = (_pad32(h), _pad32(w))
-    return [{"img_shape": (h, w), "scale_factor": (1.0, 1.0), "pad_shape": pad,
-             "batch_input_shape": pad} for _ in range(n)]
+    return [
+        {"img_shape": (h, w), "scale_factor": (1.0, 1.0), "pad_shape": pad, "batch_input_shape": pad} for _ in range(n)
+    ]
 
 
 def make_gt(n: int, size: tuple[int, int], seed: int = 1) -> tuple[list, list]:
@@ -256,8 +283,7 @@ def build_model(name: str, star_impl: str, tv_bn: str, dense_scores: bool) -> nn
     """One of MODELS with random weights, the torchvision transform reduced to batching."""
     torch.manual_seed(0)
     if name == "vfnet_r50":
-        model = varifocal.build_model("vfnet_r50_fpn", num_classes=NUM_CLASSES,
-                                      star_conv_impl=star_impl)
+        model = varifocal.build_model("vfnet_r50_fpn", num_classes=NUM_CLASSES, star_conv_impl=star_impl)
         if dense_scores:
             nn.init.zeros_(model.bbox_head.vfnet_cls.bias)
         return model
@@ -274,8 +300,7 @@ def build_model(name: str, star_impl: str, tv_bn: str, dense_scores: bool) -> nn
     return model
 
 
-def make_step(name: str, model: nn.Module, mode: str, size: tuple[int, int],
-              batch: torch.Tensor) -> Callable[[], Any]:
+def make_step(name: str, model: nn.Module, mode: str, size: tuple[int, int], batch: torch.Tensor) -> Callable[[], Any]:
     """A no-argument callable running one inference ('infer') or training step ('train')."""
     n = batch.shape[0]
     metas = make_metas(n, size)
@@ -283,13 +308,16 @@ def make_step(name: str, model: nn.Module, mode: str, size: tuple[int, int],
     if mode == "infer":
         model.eval()
         if name == "vfnet_r50":
+
             def infer():
                 with torch.no_grad():
                     return model.predict(batch, metas)
         else:
+
             def infer():
                 with torch.no_grad():
                     return model(images)
+
         return infer
 
     model.train()
@@ -328,8 +356,7 @@ def check_backbone_input(model: nn.Module, step: Callable[[], Any], batch: torch
         hook.remove()
     if len(seen) != 1 or seen[0].shape != batch.shape or not torch.equal(seen[0], batch):
         got = [tuple(t.shape) for t in seen]
-        raise RuntimeError(f"backbone input differs from the shared batch {tuple(batch.shape)}: "
-                           f"got {got}")
+        raise RuntimeError(f"backbone input differs from the shared batch {tuple(batch.shape)}: got {got}")
     return out
 
 
@@ -353,6 +380,7 @@ def star_conv_stubs(model: nn.Module, star_flops: list[int]):
             assert c == mod.out_channels, "stub needs C_in == C_out"
             star_flops.append(2 * c * mod.out_channels * 9 * h * w * n)
             return x * 1.0 + distances.sum() * 0.0
+
         return forward
 
     for mod in mods:
@@ -370,8 +398,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def model_flops(name: str, model: nn.Module, mode: str, size: tuple[int, int],
-                batch: torch.Tensor) -> int:
+def model_flops(name: str, model: nn.Module, mode: str, size: tuple[int, int], batch: torch.Tensor) -> int:
     """FLOPs of one inference or one training step (forward + backward, no optimizer step)."""
     n = batch.shape[0]
     metas = make_metas(n, size)
@@ -393,8 +420,7 @@ def model_flops(name: str, model: nn.Module, mode: str, size: tuple[int, int],
         if name == "vfnet_r50":
             loss_dict = model.loss(batch, metas, gt_boxes, [lab - 1 for lab in gt_labels])
         else:
-            loss_dict = model(images, [{"boxes": b, "labels": lab}
-                                       for b, lab in zip(gt_boxes, gt_labels)])
+            loss_dict = model(images, [{"boxes": b, "labels": lab} for b, lab in zip(gt_boxes, gt_labels)])
         sum(loss_dict.values()).backward()
 
     if name == "vfnet_r50":
@@ -423,8 +449,9 @@ def peak_rss_kib() -> tuple[int | None, int]:
     return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def memory_child(name: str, mode: str, size: tuple[int, int], threads: int, star_impl: str,
-                 tv_bn: str, dense_scores: bool) -> dict[str, float]:
+def memory_child(
+    name: str, mode: str, size: tuple[int, int], threads: int, star_impl: str, tv_bn: str, dense_scores: bool
+) -> dict[str, float]:
     """Runs in a fresh 'spawn' process: peak RSS growth (MiB) of building and running a model."""
     torch.set_num_threads(threads)
     n = 1 if mode == "infer" else TRAIN_BATCH
@@ -437,12 +464,15 @@ def memory_child(name: str, mode: str, size: tuple[int, int], threads: int, star
         step()
     hwm1, ru1 = peak_rss_kib()
     ru_mib = (ru1 - ru0) / 1024.0
-    return {"peak_mib": ru_mib if hwm0 is None else (hwm1 - hwm0) / 1024.0,
-            "source": "ru_maxrss" if hwm0 is None else "VmHWM",
-            "vmhwm_baseline_mib": None if hwm0 is None else hwm0 / 1024.0,
-            "vmhwm_peak_mib": None if hwm1 is None else hwm1 / 1024.0,
-            "ru_maxrss_delta_mib": ru_mib, "ru_maxrss_baseline_mib": ru0 / 1024.0,
-            "ru_maxrss_peak_mib": ru1 / 1024.0}
+    return {
+        "peak_mib": ru_mib if hwm0 is None else (hwm1 - hwm0) / 1024.0,
+        "source": "ru_maxrss" if hwm0 is None else "VmHWM",
+        "vmhwm_baseline_mib": None if hwm0 is None else hwm0 / 1024.0,
+        "vmhwm_peak_mib": None if hwm1 is None else hwm1 / 1024.0,
+        "ru_maxrss_delta_mib": ru_mib,
+        "ru_maxrss_baseline_mib": ru0 / 1024.0,
+        "ru_maxrss_peak_mib": ru1 / 1024.0,
+    }
 
 
 def measure_memory(jobs: list[tuple[str, str, tuple[int, int]]], args) -> dict[tuple, dict]:
@@ -452,14 +482,18 @@ def measure_memory(jobs: list[tuple[str, str, tuple[int, int]]], args) -> dict[t
         t0 = time.perf_counter()
         try:
             with ctx.Pool(1) as pool:
-                res = pool.apply(memory_child, (name, mode, size, args.threads, args.star_impl,
-                                                args.tv_bn, args.dense_scores))
+                res = pool.apply(
+                    memory_child, (name, mode, size, args.threads, args.star_impl, args.tv_bn, args.dense_scores)
+                )
         except Exception as exc:  # noqa: BLE001 - report and go on with the other children
             res = {"error": f"{type(exc).__name__}: {exc}"}
         res["child_s"] = time.perf_counter() - t0
         results[(name, mode, _size_name(size))] = res
-        shown = (f"{res['peak_mib']:.0f} MiB ({res['source']}; ru_maxrss delta "
-                 f"{res['ru_maxrss_delta_mib']:.0f} MiB)" if "peak_mib" in res else res["error"])
+        shown = (
+            f"{res['peak_mib']:.0f} MiB ({res['source']}; ru_maxrss delta {res['ru_maxrss_delta_mib']:.0f} MiB)"
+            if "peak_mib" in res
+            else res["error"]
+        )
         print(f"  memory {name:<14}{mode:<6}{_size_name(size):<10} {shown}", flush=True)
     return results
 
@@ -497,8 +531,10 @@ def run_rounds(cases: list[Case], warmup: int, repeat: int) -> None:
             if rnd >= warmup:
                 case.times.append(dt)
         kind = "warm-up" if rnd < warmup else "timed"
-        print(f"  round {rnd + 1}/{total} ({kind}) {time.perf_counter() - t_round:.1f} s, "
-              f"load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"  round {rnd + 1}/{total} ({kind}) {time.perf_counter() - t_round:.1f} s, load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,8 +547,10 @@ def breakdown_cases(model: nn.Module, batch: torch.Tensor, size: tuple[int, int]
     head = model.bbox_head
     model.eval()
     captured: list[tuple[nn.Module, tuple]] = []
-    hooks = [mod.register_forward_pre_hook(lambda mod, a: captured.append((mod, a)))
-             for mod in (head.vfnet_reg_refine_dconv, head.vfnet_cls_dconv)]
+    hooks = [
+        mod.register_forward_pre_hook(lambda mod, a: captured.append((mod, a)))
+        for mod in (head.vfnet_reg_refine_dconv, head.vfnet_cls_dconv)
+    ]
     with torch.no_grad():
         c_feats = model.backbone(batch)
         p_feats = list(model.neck(c_feats))
@@ -524,6 +562,7 @@ def breakdown_cases(model: nn.Module, batch: torch.Tensor, size: tuple[int, int]
         def wrapped():
             with torch.no_grad():
                 return fn()
+
         return wrapped
 
     def stars():
@@ -543,8 +582,7 @@ def breakdown_cases(model: nn.Module, batch: torch.Tensor, size: tuple[int, int]
         Case("part", "fpn", "infer", sname, nograd(lambda: model.neck(c_feats)), f_neck),
         Case("part", "head", "infer", sname, nograd(lambda: head(p_feats)), f_towers + sum(star)),
         Case("part", "star convs", "infer", sname, nograd(stars), sum(star)),
-        Case("part", "post-processing", "infer", sname,
-             nograd(lambda: head.predict(outs, metas)), f_post),
+        Case("part", "post-processing", "infer", sname, nograd(lambda: head.predict(outs, metas)), f_post),
     ]
 
 
@@ -569,14 +607,23 @@ def star_cases(shape: list[int]) -> list[Case]:
             if backward:
                 y.backward(torch.ones_like(y))
                 conv.weight.grad = None
+
         return run
 
     cases = []
     for backward in (False, True):
         for kind in ("conv", "fast", "torchvision"):
             label = "conv3x3" if kind == "conv" else f"star {kind}"
-            cases.append(Case("star", label, "fwd+bwd" if backward else "fwd", sname,
-                              make(kind, backward), flops * (3 if backward else 1)))
+            cases.append(
+                Case(
+                    "star",
+                    label,
+                    "fwd+bwd" if backward else "fwd",
+                    sname,
+                    make(kind, backward),
+                    flops * (3 if backward else 1),
+                )
+            )
     return cases
 
 
@@ -585,8 +632,7 @@ def peak_case(n: int) -> Case:
     a = torch.randn(n, n, generator=g)
     b = torch.randn(n, n, generator=g)
     out = torch.empty(n, n)
-    return Case("peak", "matmul fp32", "mm", f"{n}^3", lambda: torch.mm(a, b, out=out),
-                2 * n ** 3)
+    return Case("peak", "matmul fp32", "mm", f"{n}^3", lambda: torch.mm(a, b, out=out), 2 * n**3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,9 +660,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.threads = torch.get_num_threads()
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
-    print(f"bench_detectors: torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{args.threads} threads, CPU {cpu_model()} ({os.cpu_count()} logical), "
-          f"load {load_before[0]:.2f}", flush=True)
+    print(
+        f"bench_detectors: torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{args.threads} threads, CPU {cpu_model()} ({os.cpu_count()} logical), "
+        f"load {load_before[0]:.2f}",
+        flush=True,
+    )
 
     # ---- memory (first, before this process grows: item 7 of the docstring) ---------------
     memory: dict[tuple, dict] = {}
@@ -624,14 +673,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jobs = [(name, "infer", size) for size in args.sizes for name in MODELS]
         if not args.skip_train:
             jobs += [(name, "train", args.train_size) for name in MODELS]
-        print(f"peak memory: {len(jobs)} spawned children, one per (model, mode, size)",
-              flush=True)
+        print(f"peak memory: {len(jobs)} spawned children, one per (model, mode, size)", flush=True)
         memory = measure_memory(jobs, args)
 
     # ---- models and cases -------------------------------------------------------------------
     t_setup = time.perf_counter()
-    infer_models = {name: build_model(name, args.star_impl, args.tv_bn, args.dense_scores)
-                    for name in MODELS}
+    infer_models = {name: build_model(name, args.star_impl, args.tv_bn, args.dense_scores) for name in MODELS}
     cases: list[Case] = []
     checked = []
     for size in args.sizes:
@@ -655,16 +702,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checked.append(f"{name} train {tuple(batch.shape)}")
     cases.append(peak_case(args.peak_size))
     star_all = star_cases(args.star_shape)
-    print(f"set-up {time.perf_counter() - t_setup:.1f} s; the backbone of every model got the "
-          f"same tensor: {'; '.join(checked)}", flush=True)
+    print(
+        f"set-up {time.perf_counter() - t_setup:.1f} s; the backbone of every model got the "
+        f"same tensor: {'; '.join(checked)}",
+        flush=True,
+    )
 
     # ---- timing -----------------------------------------------------------------------------
-    print(f"timing {len(cases)} cases: {args.warmup} warm-up + {args.repeat} timed rounds",
-          flush=True)
+    print(f"timing {len(cases)} cases: {args.warmup} warm-up + {args.repeat} timed rounds", flush=True)
     run_rounds(cases, args.warmup, args.repeat)
     star_warmup = max(args.warmup, STAR_WARMUP)
-    print(f"timing the star conv section ({len(star_all)} cases): {star_warmup} warm-up + "
-          f"{args.star_repeat} timed rounds", flush=True)
+    print(
+        f"timing the star conv section ({len(star_all)} cases): {star_warmup} warm-up + "
+        f"{args.star_repeat} timed rounds",
+        flush=True,
+    )
     run_rounds(star_all, star_warmup, args.star_repeat)
     cases += star_all
     load_after = os.getloadavg()
@@ -675,33 +727,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_runs = args.repeat
 
     def lookup(group, name, mode, size):
-        return next((c for c in cases if (c.group, c.name, c.mode, c.size)
-                     == (group, name, mode, size)), None)
+        return next((c for c in cases if (c.group, c.name, c.mode, c.size) == (group, name, mode, size)), None)
 
     def pct_peak(case: Case) -> float | None:
         return None if not case.flops else 100.0 * case.flops / case.median / peak_flops_s
 
     rows = []
     print()
-    print(f"== models: median of N={n_runs} runs after {args.warmup} warm-up; ratio = this / "
-          f"{BASELINE} in the same mode and size; % peak = (FLOPs / time) / measured matmul "
-          f"FLOP/s ({peak_flops_s / 1e9:.1f} GFLOP/s)")
-    print(f"{'name':<15}{'mode':<7}{'size':<10}{'median ms':>11}{'N':>4}{'ratio':>8}"
-          f"{'GFLOPs':>9}{'% peak':>8}{'peak MiB':>10}")
+    print(
+        f"== models: median of N={n_runs} runs after {args.warmup} warm-up; ratio = this / "
+        f"{BASELINE} in the same mode and size; % peak = (FLOPs / time) / measured matmul "
+        f"FLOP/s ({peak_flops_s / 1e9:.1f} GFLOP/s)"
+    )
+    print(
+        f"{'name':<15}{'mode':<7}{'size':<10}{'median ms':>11}{'N':>4}{'ratio':>8}"
+        f"{'GFLOPs':>9}{'% peak':>8}{'peak MiB':>10}"
+    )
     for case in (c for c in cases if c.group == "model"):
         base = lookup("model", BASELINE, case.mode, case.size)
         ratio = case.median / base.median if base else None
         mem = memory.get((case.name, case.mode, case.size), {})
-        row = {"name": case.name, "mode": case.mode, "size": case.size,
-               "batch": 1 if case.mode == "infer" else TRAIN_BATCH,
-               "median_ms": case.median * 1e3, "n": len(case.times),
-               "times_ms": [t * 1e3 for t in case.times], "ratio_to_fcos": ratio,
-               "gflops": case.flops / 1e9 if case.flops else None, "pct_peak": pct_peak(case),
-               "peak_mib": mem.get("peak_mib"), "memory": mem or None}
+        row = {
+            "name": case.name,
+            "mode": case.mode,
+            "size": case.size,
+            "batch": 1 if case.mode == "infer" else TRAIN_BATCH,
+            "median_ms": case.median * 1e3,
+            "n": len(case.times),
+            "times_ms": [t * 1e3 for t in case.times],
+            "ratio_to_fcos": ratio,
+            "gflops": case.flops / 1e9 if case.flops else None,
+            "pct_peak": pct_peak(case),
+            "peak_mib": mem.get("peak_mib"),
+            "memory": mem or None,
+        }
         rows.append(row)
-        print(f"{case.name:<15}{case.mode:<7}{case.size:<10}{row['median_ms']:>11.1f}"
-              f"{row['n']:>4}{_fmt(ratio, '.2f', 8)}{_fmt(row['gflops'], '.1f', 9)}"
-              f"{_fmt(row['pct_peak'], '.1f', 8)}{_fmt(row['peak_mib'], '.0f', 10)}")
+        print(
+            f"{case.name:<15}{case.mode:<7}{case.size:<10}{row['median_ms']:>11.1f}"
+            f"{row['n']:>4}{_fmt(ratio, '.2f', 8)}{_fmt(row['gflops'], '.1f', 9)}"
+            f"{_fmt(row['pct_peak'], '.1f', 8)}{_fmt(row['peak_mib'], '.0f', 10)}"
+        )
 
     breakdown = {}
     for size in args.sizes:
@@ -711,45 +776,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         head, star = parts["head"], parts["star convs"]
         towers_ms = (head.median - star.median) * 1e3
         towers_flops = head.flops - star.flops
-        entries = [("backbone", parts["backbone"].median * 1e3, parts["backbone"].flops),
-                   ("fpn", parts["fpn"].median * 1e3, parts["fpn"].flops),
-                   ("head towers", towers_ms, towers_flops),
-                   ("star convs (2 x 5 lvl)", star.median * 1e3, star.flops),
-                   ("post-processing", parts["post-processing"].median * 1e3,
-                    parts["post-processing"].flops)]
+        entries = [
+            ("backbone", parts["backbone"].median * 1e3, parts["backbone"].flops),
+            ("fpn", parts["fpn"].median * 1e3, parts["fpn"].flops),
+            ("head towers", towers_ms, towers_flops),
+            ("star convs (2 x 5 lvl)", star.median * 1e3, star.flops),
+            ("post-processing", parts["post-processing"].median * 1e3, parts["post-processing"].flops),
+        ]
         total_ms = sum(e[1] for e in entries)
         print()
-        print(f"== VFNet-R50 inference breakdown at {sname} (input "
-              f"[1, 3, {_pad32(size[1])}, {_pad32(size[0])}], star impl {args.star_impl}); "
-              f"head towers = head ({head.median * 1e3:.1f} ms) - star convs")
+        print(
+            f"== VFNet-R50 inference breakdown at {sname} (input "
+            f"[1, 3, {_pad32(size[1])}, {_pad32(size[0])}], star impl {args.star_impl}); "
+            f"head towers = head ({head.median * 1e3:.1f} ms) - star convs"
+        )
         print(f"{'part':<24}{'median ms':>11}{'% of whole':>12}{'GFLOPs':>9}{'% peak':>8}")
         breakdown[sname] = []
         for label, ms, flops in entries:
             pct_whole = 100.0 * ms / (whole.median * 1e3)
             pk = 100.0 * flops / (ms / 1e3) / peak_flops_s if flops and ms > 0 else None
-            breakdown[sname].append({"part": label, "median_ms": ms, "pct_of_whole": pct_whole,
-                                     "gflops": flops / 1e9 if flops else 0.0, "pct_peak": pk})
-            print(f"{label:<24}{ms:>11.1f}{pct_whole:>12.1f}"
-                  f"{flops / 1e9 if flops else 0.0:>9.1f}{_fmt(pk, '.1f', 8)}")
+            breakdown[sname].append(
+                {
+                    "part": label,
+                    "median_ms": ms,
+                    "pct_of_whole": pct_whole,
+                    "gflops": flops / 1e9 if flops else 0.0,
+                    "pct_peak": pk,
+                }
+            )
+            print(f"{label:<24}{ms:>11.1f}{pct_whole:>12.1f}{flops / 1e9 if flops else 0.0:>9.1f}{_fmt(pk, '.1f', 8)}")
         pct_sum = 100.0 * total_ms / (whole.median * 1e3)
         print(f"{'sum of parts':<24}{total_ms:>11.1f}{pct_sum:>12.1f}")
         print(f"{'whole predict()':<24}{whole.median * 1e3:>11.1f}{100.0:>12.1f}")
 
     star_rows = []
     print()
-    print(f"== star deformable conv vs nn.Conv2d 3x3 at {star_all[0].size} "
-          f"(median of N={args.star_repeat} after {star_warmup} warm-up, in rounds of their "
-          f"own; ratio = this / conv3x3 in the same mode)")
+    print(
+        f"== star deformable conv vs nn.Conv2d 3x3 at {star_all[0].size} "
+        f"(median of N={args.star_repeat} after {star_warmup} warm-up, in rounds of their "
+        f"own; ratio = this / conv3x3 in the same mode)"
+    )
     print(f"{'op':<18}{'mode':<9}{'median ms':>11}{'ratio':>8}{'% peak':>8}")
     for case in star_all:
         base = lookup("star", "conv3x3", case.mode, case.size)
         ratio = case.median / base.median
-        star_rows.append({"op": case.name, "mode": case.mode, "shape": case.size,
-                          "median_ms": case.median * 1e3, "n": len(case.times),
-                          "times_ms": [t * 1e3 for t in case.times], "ratio_to_conv": ratio,
-                          "pct_peak": pct_peak(case)})
-        print(f"{case.name:<18}{case.mode:<9}{case.median * 1e3:>11.1f}{ratio:>8.2f}"
-              f"{_fmt(pct_peak(case), '.1f', 8)}")
+        star_rows.append(
+            {
+                "op": case.name,
+                "mode": case.mode,
+                "shape": case.size,
+                "median_ms": case.median * 1e3,
+                "n": len(case.times),
+                "times_ms": [t * 1e3 for t in case.times],
+                "ratio_to_conv": ratio,
+                "pct_peak": pct_peak(case),
+            }
+        )
+        print(f"{case.name:<18}{case.mode:<9}{case.median * 1e3:>11.1f}{ratio:>8.2f}{_fmt(pct_peak(case), '.1f', 8)}")
 
     # ---- acceptance -------------------------------------------------------------------------
     def ratio_of(group, name, base_name, mode, size):
@@ -759,46 +842,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sshape = star_all[0].size
     acceptance = {
         "star_fast_over_conv_fwd_P3": ratio_of("star", "star fast", "conv3x3", "fwd", sshape),
-        "star_torchvision_over_conv_fwd_P3": ratio_of("star", "star torchvision", "conv3x3",
-                                                      "fwd", sshape),
-        "vfnet_over_fcos_infer_1333x800": ratio_of("model", "vfnet_r50", BASELINE, "infer",
-                                                   "1333x800"),
+        "star_torchvision_over_conv_fwd_P3": ratio_of("star", "star torchvision", "conv3x3", "fwd", sshape),
+        "vfnet_over_fcos_infer_1333x800": ratio_of("model", "vfnet_r50", BASELINE, "infer", "1333x800"),
         f"vfnet_over_fcos_train_{_size_name(args.train_size)}": (
-            None if args.skip_train else ratio_of("model", "vfnet_r50", BASELINE, "train",
-                                                  _size_name(args.train_size))),
+            None if args.skip_train else ratio_of("model", "vfnet_r50", BASELINE, "train", _size_name(args.train_size))
+        ),
     }
     for size in args.sizes:  # every inference size run, for reference
-        acceptance.setdefault(f"vfnet_over_fcos_infer_{_size_name(size)}",
-                              ratio_of("model", "vfnet_r50", BASELINE, "infer", _size_name(size)))
+        acceptance.setdefault(
+            f"vfnet_over_fcos_infer_{_size_name(size)}",
+            ratio_of("model", "vfnet_r50", BASELINE, "infer", _size_name(size)),
+        )
     print()
     print("== acceptance ratios (medians; n/a = not run)")
     notes = {"star_fast_over_conv_fwd_P3": "   (acceptance 1: <= 1.5)"}
     for key, val in acceptance.items():
         shown = "n/a" if val is None else f"{val:.2f}"
         print(f"  {key:<40}{shown:>6}{notes.get(key, '')}")
-    print(f"  measured peak: {peak_flops_s / 1e9:.1f} GFLOP/s ({peak.name} {peak.size}, "
-          f"median of N={n_runs}); load avg (1 min) before/after: {load_before[0]:.2f} / "
-          f"{load_after[0]:.2f} on {os.cpu_count()} logical CPUs")
+    print(
+        f"  measured peak: {peak_flops_s / 1e9:.1f} GFLOP/s ({peak.name} {peak.size}, "
+        f"median of N={n_runs}); load avg (1 min) before/after: {load_before[0]:.2f} / "
+        f"{load_after[0]:.2f} on {os.cpu_count()} logical CPUs"
+    )
 
     result = {
         "date": started.isoformat(timespec="seconds"),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "python": platform.python_version(), "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(), "threads": args.threads,
-        "load_avg_before": list(load_before), "load_avg_after": list(load_after),
-        "settings": {"sizes": [_size_name(s) for s in args.sizes],
-                     "train_size": _size_name(args.train_size), "train_batch": TRAIN_BATCH,
-                     "repeat": args.repeat, "warmup": args.warmup,
-                     "star_repeat": args.star_repeat, "star_warmup": star_warmup,
-                     "star_impl": args.star_impl,
-                     "star_shape": args.star_shape, "peak_size": args.peak_size,
-                     "tv_bn": args.tv_bn, "dense_scores": args.dense_scores,
-                     "skip_train": args.skip_train, "skip_memory": args.skip_memory,
-                     "num_classes": NUM_CLASSES},
-        "peak_matmul": {"n": args.peak_size, "median_ms": peak.median * 1e3,
-                        "gflop_s": peak_flops_s / 1e9,
-                        "times_ms": [t * 1e3 for t in peak.times]},
-        "models": rows, "breakdown": breakdown, "star_conv": star_rows,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "threads": args.threads,
+        "load_avg_before": list(load_before),
+        "load_avg_after": list(load_after),
+        "settings": {
+            "sizes": [_size_name(s) for s in args.sizes],
+            "train_size": _size_name(args.train_size),
+            "train_batch": TRAIN_BATCH,
+            "repeat": args.repeat,
+            "warmup": args.warmup,
+            "star_repeat": args.star_repeat,
+            "star_warmup": star_warmup,
+            "star_impl": args.star_impl,
+            "star_shape": args.star_shape,
+            "peak_size": args.peak_size,
+            "tv_bn": args.tv_bn,
+            "dense_scores": args.dense_scores,
+            "skip_train": args.skip_train,
+            "skip_memory": args.skip_memory,
+            "num_classes": NUM_CLASSES,
+        },
+        "peak_matmul": {
+            "n": args.peak_size,
+            "median_ms": peak.median * 1e3,
+            "gflop_s": peak_flops_s / 1e9,
+            "times_ms": [t * 1e3 for t in peak.times],
+        },
+        "models": rows,
+        "breakdown": breakdown,
+        "star_conv": star_rows,
         "acceptance": acceptance,
     }
     if args.json:

@@ -41,19 +41,26 @@ from varifocal.models.layers.star_deform_conv import star_deform_conv2d
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, nargs=4, default=[1, 256, 100, 152],
-                   metavar=("N", "C", "H", "W"), help="input shape (P3 of 800x1216 by default)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=4,
+        default=[1, 256, 100, 152],
+        metavar=("N", "C", "H", "W"),
+        help="input shape (P3 of 800x1216 by default)",
+    )
     p.add_argument("--out-channels", type=int, default=None, help="O (default: C)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs per variant (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="bfloat16 runs all three under CPU autocast")
-    p.add_argument("--skip-torchvision", action="store_true",
-                   help="leave out the (slow) torchvision op")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16 runs all three under CPU autocast"
+    )
+    p.add_argument("--skip-torchvision", action="store_true", help="leave out the (slow) torchvision op")
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
-    p.add_argument("--parts", action="store_true",
-                   help="also time the fast forward's geometry, tap GEMM and gather (float32)")
+    p.add_argument(
+        "--parts", action="store_true", help="also time the fast forward's geometry, tap GEMM and gather (float32)"
+    )
     return p.parse_args()
 
 
@@ -105,14 +112,19 @@ def main() -> None:
             if rnd >= args.warmup:
                 times[case].append(dt)
 
-    print(f"star deformable conv benchmark: x [{n},{c},{h},{w}] -> {o} ch, 3x3, "
-          f"dtype {args.dtype}, threads {torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} CPUs (other processes make the numbers noisy)")
-    print(f"median and min of N={args.repeat} timed runs after {args.warmup} warm-up rounds; "
-          "ratio = this impl / plain conv in the same mode (of the medians, of the mins)")
-    print(f"{'mode':<9}{'impl':<13}{'median ms':>10}{'min ms':>9}"
-          f"{'ratio med':>11}{'ratio min':>11}")
+    print(
+        f"star deformable conv benchmark: x [{n},{c},{h},{w}] -> {o} ch, 3x3, "
+        f"dtype {args.dtype}, threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
+    print(
+        f"load average (1 min) before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs (other processes make the numbers noisy)"
+    )
+    print(
+        f"median and min of N={args.repeat} timed runs after {args.warmup} warm-up rounds; "
+        "ratio = this impl / plain conv in the same mode (of the medians, of the mins)"
+    )
+    print(f"{'mode':<9}{'impl':<13}{'median ms':>10}{'min ms':>9}{'ratio med':>11}{'ratio min':>11}")
     for backward in modes:
         mode = "fwd+bwd" if backward else "fwd"
         base_med = statistics.median(times[("conv", backward)])
@@ -120,8 +132,9 @@ def main() -> None:
         for kind in kinds + ([] if backward else list(parts)):
             ts = times[(kind, backward)]
             med, low = statistics.median(ts), min(ts)
-            print(f"{mode:<9}{kind:<13}{med * 1e3:>10.1f}{low * 1e3:>9.1f}"
-                  f"{med / base_med:>11.2f}{low / base_min:>11.2f}")
+            print(
+                f"{mode:<9}{kind:<13}{med * 1e3:>10.1f}{low * 1e3:>9.1f}{med / base_med:>11.2f}{low / base_min:>11.2f}"
+            )
 
 
 def _fast_forward_parts(x: torch.Tensor, dist: torch.Tensor, weight: torch.Tensor) -> dict:
@@ -142,7 +155,7 @@ def _fast_forward_parts(x: torch.Tensor, dist: torch.Tensor, weight: torch.Tenso
 
     def geometry() -> None:
         with threads.serial():
-            sdc._Geometry(dist, h, w, torch.float32, scratch=True).tap_index
+            _ = sdc._Geometry(dist, h, w, torch.float32, scratch=True).tap_index
 
     def tap_gemm() -> None:
         for im in range(n):

@@ -43,7 +43,10 @@ def test_wrong_class_count_lists_mis_shaped_keys():
         varifocal.load_checkpoint(model, path)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg
-    assert "2 mis-shaped" in msg and "bbox_head.vfnet_cls.weight: checkpoint [80, 256, 3, 3] vs model [3, 256, 3, 3]" in msg
+    assert (
+        "2 mis-shaped" in msg
+        and "bbox_head.vfnet_cls.weight: checkpoint [80, 256, 3, 3] vs model [3, 256, 3, 3]" in msg
+    )
     assert err.value.mismatched and not err.value.missing
 
 
@@ -89,19 +92,34 @@ def test_refuses_pickled_objects_and_garbage(tmp_path):
 
 
 def test_infer_model_name_from_keys():
-    for name, classes in [("vfnet_r50_fpn", 80), ("vfnet_r101_fpn_dcn", 3), ("vfnet_x101_64x4d_fpn_dcn", 80),
-                          ("vfnet_x101_32x4d_fpn", 5), ("vfnet_r18_fpn", 2), ("vfnet_lite0_fpn", 3),
-                          ("retinanet_r50_fpn", 80), ("retinanet_x101_64x4d_fpn", 7), ("retinanet_lite0_fpn", 3),
-                          ("fcos_r50_caffe_fpn_gn_head", 80), ("fcos_r50_caffe_fpn_gn_head_tricks", 4),
-                          ("fcos_r101_caffe_fpn_gn_head", 2), ("fcos_x101_64x4d_fpn_gn_head", 80), ("fcos_lite0_fpn", 3),
-                          ("atss_r50_fpn", 80), ("atss_r101_fpn", 6), ("atss_lite0_fpn", 3)]:
+    for name, classes in [
+        ("vfnet_r50_fpn", 80),
+        ("vfnet_r101_fpn_dcn", 3),
+        ("vfnet_x101_64x4d_fpn_dcn", 80),
+        ("vfnet_x101_32x4d_fpn", 5),
+        ("vfnet_r18_fpn", 2),
+        ("vfnet_lite0_fpn", 3),
+        ("retinanet_r50_fpn", 80),
+        ("retinanet_x101_64x4d_fpn", 7),
+        ("retinanet_lite0_fpn", 3),
+        ("fcos_r50_caffe_fpn_gn_head", 80),
+        ("fcos_r50_caffe_fpn_gn_head_tricks", 4),
+        ("fcos_r101_caffe_fpn_gn_head", 2),
+        ("fcos_x101_64x4d_fpn_gn_head", 80),
+        ("fcos_lite0_fpn", 3),
+        ("atss_r50_fpn", 80),
+        ("atss_r101_fpn", 6),
+        ("atss_lite0_fpn", 3),
+    ]:
         with torch.device("meta"):
             model = varifocal.build_model(name, num_classes=classes)
         assert infer_model_name(model.state_dict()) == (name, {"num_classes": classes})
 
 
 def test_unknown_head_is_refused_in_one_line():
-    with pytest.raises(CheckpointError, match=r"not a checkpoint of a detector this package builds \(bbox_head modules: \['foo'\]\)"):
+    with pytest.raises(
+        CheckpointError, match=r"not a checkpoint of a detector this package builds \(bbox_head modules: \['foo'\]\)"
+    ):
         infer_model_name({"bbox_head.foo.weight": torch.zeros(1)})
 
 
@@ -139,8 +157,14 @@ def test_slim_checkpoint_keeps_weights_in_half_precision(tmp_path):
     torch.manual_seed(0)
     model = varifocal.build_model("vfnet_r18_fpn", num_classes=2)
     full = tmp_path / "last.pth"
-    save_checkpoint(full, model, model_name="vfnet_r18_fpn", model_kwargs={"num_classes": 2}, class_names=["a", "b"],
-                    extra={"optimizer": {"state": {}, "param_groups": []}, "epoch": 12})
+    save_checkpoint(
+        full,
+        model,
+        model_name="vfnet_r18_fpn",
+        model_kwargs={"num_classes": 2},
+        class_names=["a", "b"],
+        extra={"optimizer": {"state": {}, "param_groups": []}, "epoch": 12},
+    )
     info = slim_checkpoint(full, tmp_path / "slim.pth")
     slim = read_checkpoint(tmp_path / "slim.pth")
     assert "optimizer" not in slim["raw"] and slim["raw"]["meta"]["epoch"] == 12
@@ -158,8 +182,13 @@ def test_convert_checkpoint_slims_a_varifocal_checkpoint(tmp_path):
 
     model = varifocal.build_model("vfnet_r18_fpn", num_classes=2)
     full = tmp_path / "last.pth"
-    save_checkpoint(full, model, model_name="vfnet_r18_fpn", model_kwargs={"num_classes": 2},
-                    extra={"optimizer": {"state": {}, "param_groups": []}})
+    save_checkpoint(
+        full,
+        model,
+        model_name="vfnet_r18_fpn",
+        model_kwargs={"num_classes": 2},
+        extra={"optimizer": {"state": {}, "param_groups": []}},
+    )
     info = convert_checkpoint(full, tmp_path / "slim.pth")
     assert info["kind"] == "slim" and info["num_tensors"] == len(model.state_dict())
     slim = read_checkpoint(tmp_path / "slim.pth")

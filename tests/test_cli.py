@@ -30,12 +30,24 @@ def test_unknown_override_key_suggests(capsys, tmp_path):
 def test_checkpoint_of_other_class_count_fails_without_touching_outputs(capsys, tmp_path):
     model = varifocal.build_model("vfnet_lite0_fpn", num_classes=5, scale=[128, 96])
     ckpt = tmp_path / "five.pth"
-    varifocal.save_checkpoint(ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 5, "scale": [128, 96]})
+    varifocal.save_checkpoint(
+        ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 5, "scale": [128, 96]}
+    )
     out_dir = tmp_path / "val"
     out_dir.mkdir()
     (out_dir / "metrics.json").write_text('{"old": true}')
-    args = ["val", f"data.root={BCCD}", "data.val_ann=annotations/instances_val.json", "data.val_images=JPEGImages",
-            "model.num_classes=3", "model.test_scale=[128,96]", "--checkpoint", str(ckpt), "--out-dir", str(out_dir)]
+    args = [
+        "val",
+        f"data.root={BCCD}",
+        "data.val_ann=annotations/instances_val.json",
+        "data.val_images=JPEGImages",
+        "model.num_classes=3",
+        "model.test_scale=[128,96]",
+        "--checkpoint",
+        str(ckpt),
+        "--out-dir",
+        str(out_dir),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(ckpt) in err and "5 classes" in err
@@ -45,7 +57,9 @@ def test_checkpoint_of_other_class_count_fails_without_touching_outputs(capsys, 
 def test_predict_on_a_truncated_image_names_the_file(capsys, tmp_path):
     model = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96])
     ckpt = tmp_path / "m.pth"
-    varifocal.save_checkpoint(ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 3, "scale": [128, 96]})
+    varifocal.save_checkpoint(
+        ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 3, "scale": [128, 96]}
+    )
     bad = tmp_path / "broken.jpg"
     data = (BCCD / "JPEGImages" / "BloodImage_00000.jpg").read_bytes()
     bad.write_bytes(data[: len(data) // 3])
@@ -59,13 +73,20 @@ def test_predict_writes_json_and_drawings(tmp_path):
     model = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96], test_cfg={"score_thr": 0.0})
     model.class_names = ["RBC", "WBC", "Platelets"]
     ckpt = tmp_path / "m.pth"
-    varifocal.save_checkpoint(ckpt, model, model_name="vfnet_lite0_fpn",
-                              # the flat test kwargs of format-1 checkpoints still load (upgraded to test_cfg)
-                              model_kwargs={"num_classes": 3, "scale": [128, 96], "score_thr": 0.0})
+    varifocal.save_checkpoint(
+        ckpt,
+        model,
+        model_name="vfnet_lite0_fpn",
+        # the flat test kwargs of format-1 checkpoints still load (upgraded to test_cfg)
+        model_kwargs={"num_classes": 3, "scale": [128, 96], "score_thr": 0.0},
+    )
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(BCCD / "JPEGImages" / "BloodImage_00000.jpg", src)
-    assert main(["predict", str(src), "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "out"), "--score-thr", "0.0"]) == 0
+    assert (
+        main(["predict", str(src), "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "out"), "--score-thr", "0.0"])
+        == 0
+    )
     pred = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert pred["class_names"] == ["RBC", "WBC", "Platelets"] and len(pred["images"]) == 1
     dets = pred["images"][0]["detections"]
@@ -85,15 +106,27 @@ def test_convert_command(tmp_path, capsys):
 
 
 def _val_args(root: Path, ann: str, ckpt: Path, out_dir: Path) -> list[str]:
-    return ["val", f"data.root={root}", f"data.val_ann={ann}", "data.val_images=JPEGImages", "model.num_classes=3",
-            "model.test_scale=[128,96]", "--checkpoint", str(ckpt), "--out-dir", str(out_dir)]
+    return [
+        "val",
+        f"data.root={root}",
+        f"data.val_ann={ann}",
+        "data.val_images=JPEGImages",
+        "model.num_classes=3",
+        "model.test_scale=[128,96]",
+        "--checkpoint",
+        str(ckpt),
+        "--out-dir",
+        str(out_dir),
+    ]
 
 
 @pytest.fixture()
 def lite_ckpt(tmp_path):
     model = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96])
     ckpt = tmp_path / "m.pth"
-    varifocal.save_checkpoint(ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 3, "scale": [128, 96]})
+    varifocal.save_checkpoint(
+        ckpt, model, model_name="vfnet_lite0_fpn", model_kwargs={"num_classes": 3, "scale": [128, 96]}
+    )
     return ckpt
 
 

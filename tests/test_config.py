@@ -48,8 +48,17 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_override_values_are_parsed_and_coerced():
-    cfg = load_config(None, ["train.grad_clip=35", "model.load_from=null", "train.amp=true",
-                             "data.train_scale=[1000, 600]", "train.resume=auto", "eval.score_thr=0"])
+    cfg = load_config(
+        None,
+        [
+            "train.grad_clip=35",
+            "model.load_from=null",
+            "train.amp=true",
+            "data.train_scale=[1000, 600]",
+            "train.resume=auto",
+            "eval.score_thr=0",
+        ],
+    )
     assert cfg.train.grad_clip == 35.0 and isinstance(cfg.train.grad_clip, float)
     assert cfg.model.load_from is None and cfg.train.amp is True
     assert cfg.data.train_scale == (1000, 600) and cfg.train.resume == "auto" and cfg.eval.score_thr == 0.0
@@ -127,8 +136,15 @@ def test_bad_yaml_files(tmp_path):
 
 
 def test_save_and_reload_roundtrip(tmp_path):
-    cfg = load_config(None, ["model.num_classes=3", "data.multiscale_mode=value",
-                             "data.train_scales=[[1333, 640], [1333, 800]]", "data.class_names=[RBC, WBC, Platelets]"])
+    cfg = load_config(
+        None,
+        [
+            "model.num_classes=3",
+            "data.multiscale_mode=value",
+            "data.train_scales=[[1333, 640], [1333, 800]]",
+            "data.class_names=[RBC, WBC, Platelets]",
+        ],
+    )
     path = tmp_path / "run" / "config.yaml"
     save_config(cfg, path)
     assert load_config(path) == cfg

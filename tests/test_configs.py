@@ -30,10 +30,22 @@ def test_bccd_recipe_trains_and_evaluates(tmp_path, name):
     ann = tiny_dataset(tmp_path, n=4)
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     overrides = [
-        "model.pretrained_backbone=false", "model.test_scale=[128,96]", "data.root=''", f"data.train_ann={ann}",
-        f"data.val_ann={ann}", f"data.train_images={BCCD / 'JPEGImages'}", f"data.val_images={BCCD / 'JPEGImages'}",
-        "data.train_scale=[128,96]", "data.multiscale_mode=null", "data.min_size=0", "data.num_workers=0",
-        "train.epochs=1", "train.batch_size=2", "train.warmup_iters=1", "train.lr_steps=[]", "train.log_interval=1",
+        "model.pretrained_backbone=false",
+        "model.test_scale=[128,96]",
+        "data.root=''",
+        f"data.train_ann={ann}",
+        f"data.val_ann={ann}",
+        f"data.train_images={BCCD / 'JPEGImages'}",
+        f"data.val_images={BCCD / 'JPEGImages'}",
+        "data.train_scale=[128,96]",
+        "data.multiscale_mode=null",
+        "data.min_size=0",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.warmup_iters=1",
+        "train.lr_steps=[]",
+        "train.log_interval=1",
         f"train.out_dir={tmp_path / 'run'}",
     ]
     run_cli("train", str(config), *overrides)

@@ -32,21 +32,29 @@ def main(golden_dir: Path) -> None:
     dets = model.bbox_head.predict(outs, g["metas"])
     for i, (d, r) in enumerate(zip(dets, g["detections"])):
         same = d["boxes"].shape == r["bboxes"].shape and torch.equal(d["labels"], r["labels"].long())
-        print(f"image {i}: {d['boxes'].shape[0]} detections, labels identical {same}, "
-              f"max |score diff| {float((d['scores'] - r['scores'].float()).abs().max()):.1e}, "
-              f"max |box diff| {float((d['boxes'] - r['bboxes'].float()).abs().max()):.1e} px")
+        print(
+            f"image {i}: {d['boxes'].shape[0]} detections, labels identical {same}, "
+            f"max |score diff| {float((d['scores'] - r['scores'].float()).abs().max()):.1e}, "
+            f"max |box diff| {float((d['boxes'] - r['bboxes'].float()).abs().max()):.1e} px"
+        )
     sizes = [tuple(c.shape[-2:]) for c in cls]
-    labels, _, _ = model.bbox_head.get_targets(sizes, g["gt_bboxes"], [l.long() for l in g["gt_labels"]], g["metas"], x.device)
+    labels, _, _ = model.bbox_head.get_targets(
+        sizes, g["gt_bboxes"], [l.long() for l in g["gt_labels"]], g["metas"], x.device
+    )
     print("ATSS labels identical ", all(torch.equal(a, b.long()) for a, b in zip(labels, g["atss_labels"])))
     model.train()
     losses = model.loss(x, g["metas"], g["gt_bboxes"], [l.long() for l in g["gt_labels"]])
     for k, v in losses.items():
-        print(f"{k:13s} {float(v.detach()):.7f} vs {g['losses'][k]:.7f} (rel {abs(float(v.detach()) - g['losses'][k]) / g['losses'][k]:.1e})")
+        print(
+            f"{k:13s} {float(v.detach()):.7f} vs {g['losses'][k]:.7f} (rel {abs(float(v.detach()) - g['losses'][k]) / g['losses'][k]:.1e})"
+        )
     sum(losses.values()).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     worst = max(float((grads[n] - r.float()).norm() / r.float().norm()) for n, r in g["grads"].items())
     norms = max(abs(float(grads[n].norm()) - v) / max(v, 1e-6) for n, v in g["grad_norms"].items())
-    print(f"max rel L2 grad error  {worst:.1e} (head tensors); max rel grad-norm error {norms:.1e} ({len(grads)} params)")
+    print(
+        f"max rel L2 grad error  {worst:.1e} (head tensors); max rel grad-norm error {norms:.1e} ({len(grads)} params)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ class CheckpointError(ValueError):
     message shows the first few of each).
     """
 
-    def __init__(self, message: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (), mismatched: Sequence[str] = ()):
+    def __init__(
+        self, message: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (), mismatched: Sequence[str] = ()
+    ):
         super().__init__(message)
         self.missing = list(missing)
         self.unexpected = list(unexpected)
@@ -94,7 +96,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no state_dict found (keys: {sorted(map(str, obj.keys()))[:8]})")
     if not isinstance(state, Mapping) or not state:
         raise CheckpointError(f"{path}: the state_dict is empty or malformed")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
     return {
         "format": fmt,
         "state_dict": state,
@@ -133,7 +135,12 @@ def _rename_legacy_keys(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) 
         if len(parts) > 2 and parts[0] == "bbox_head" and key not in own:
             prefix, _, suffix = parts[1].partition("_")
             renamed = ".".join(["bbox_head", f"conv_{suffix}", *parts[2:]])
-            if prefix in _LEGACY_HEAD_PREFIXES and suffix in _LEGACY_HEAD_SUFFIXES and renamed in own and renamed not in state:
+            if (
+                prefix in _LEGACY_HEAD_PREFIXES
+                and suffix in _LEGACY_HEAD_SUFFIXES
+                and renamed in own
+                and renamed not in state
+            ):
                 key = renamed
         out[key] = value
     return out
@@ -286,7 +293,9 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
         raise CheckpointError(str(exc)) from None
 
 
-def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
+def convert_mmdet_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None = None
+) -> dict[str, Any]:
     """Convert an MMDetection checkpoint (any detector of :func:`varifocal.list_models`) into
     varifocal's format.
 

@@ -327,7 +327,9 @@ def _set(obj: Any, key: str, name: str, value: Any, source: str) -> None:
 def _apply(obj: Any, mapping: dict[str, Any], prefix: str, source: str) -> None:
     for name, value in mapping.items():
         if not isinstance(name, str):
-            raise ConfigError(f"{source}: keys must be strings, got {name!r} under '{prefix.rstrip('.') or 'top level'}'")
+            raise ConfigError(
+                f"{source}: keys must be strings, got {name!r} under '{prefix.rstrip('.') or 'top level'}'"
+            )
         _set(obj, f"{prefix}{name}", name, value, source)
 
 

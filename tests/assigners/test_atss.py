@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from varifocal.assigners import ATSSAssigner, AssignResult
+from varifocal.assigners import AssignResult, ATSSAssigner
 
 NUM_CLASSES = 5
 
@@ -57,9 +57,7 @@ GT2 = [-14.0, -24.0, 50.0, 40.0]
 
 def test_single_gt_hand_computed():
     anchors, nla = scene()
-    res = ATSSAssigner(topk=9).assign(
-        anchors, nla, torch.tensor([GT1]), torch.tensor([3]), NUM_CLASSES
-    )
+    res = ATSSAssigner(topk=9).assign(anchors, nla, torch.tensor([GT1]), torch.tensor([3]), NUM_CLASSES)
     assert isinstance(res, AssignResult)
     assert res.gt_inds.dtype == torch.long and res.labels.dtype == torch.long
     expected_inds = [0] * 20
@@ -75,18 +73,14 @@ def test_single_level_raises_threshold():
     # Level 0 alone: the 9 candidates above. mean = (7.453076 - 1) / 9 = 0.717008,
     # squared deviations sum = 0.104745, var = 0.104745 / 8 = 0.013093, std = 0.114425,
     # thr = 0.831434 -> only (8,8) idx 5 (0.939) survives; (16,8)'s 0.829 is now below.
-    res = ATSSAssigner().assign(
-        level_anchors(8, 4, 4), [16], torch.tensor([GT1]), torch.tensor([0]), NUM_CLASSES
-    )
+    res = ATSSAssigner().assign(level_anchors(8, 4, 4), [16], torch.tensor([GT1]), torch.tensor([0]), NUM_CLASSES)
     assert torch.nonzero(res.gt_inds).flatten().tolist() == [5]
 
 
 def test_anchor_positive_for_two_gts_takes_highest_iou():
     # Anchor idx 6 at (16,8) is positive for GT1 (IoU 29/35) and GT2 (IoU 31/33): GT2 wins.
     anchors, nla = scene()
-    res = ATSSAssigner().assign(
-        anchors, nla, torch.tensor([GT1, GT2]), torch.tensor([3, 1]), NUM_CLASSES
-    )
+    res = ATSSAssigner().assign(anchors, nla, torch.tensor([GT1, GT2]), torch.tensor([3, 1]), NUM_CLASSES)
     expected_inds = [0] * 20
     expected_inds[5], expected_inds[6], expected_inds[7] = 1, 2, 2
     assert res.gt_inds.tolist() == expected_inds
@@ -102,9 +96,7 @@ def test_exact_iou_tie_goes_to_lowest_gt_index():
     # Two identical gts (labels 2 and 4): same candidates and IoUs, so idx 5 and 6 are positive
     # for both with equal IoU; max() returns the first maximal index -> gt 0 (gt_inds 1).
     anchors, nla = scene()
-    res = ATSSAssigner().assign(
-        anchors, nla, torch.tensor([GT1, GT1]), torch.tensor([2, 4]), NUM_CLASSES
-    )
+    res = ATSSAssigner().assign(anchors, nla, torch.tensor([GT1, GT1]), torch.tensor([2, 4]), NUM_CLASSES)
     assert torch.nonzero(res.gt_inds).flatten().tolist() == [5, 6]
     assert res.gt_inds[[5, 6]].tolist() == [1, 1]
     assert res.labels[[5, 6]].tolist() == [2, 2]
@@ -151,15 +143,11 @@ def test_fewer_anchors_than_topk_and_empty_level():
 
 def test_no_gt_and_no_anchor():
     anchors, nla = scene()
-    res = ATSSAssigner().assign(
-        anchors, nla, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), NUM_CLASSES
-    )
+    res = ATSSAssigner().assign(anchors, nla, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), NUM_CLASSES)
     assert res.gt_inds.tolist() == [0] * 20
     assert res.labels.tolist() == [NUM_CLASSES] * 20
     assert res.max_overlaps.tolist() == [0.0] * 20
-    res = ATSSAssigner().assign(
-        torch.zeros(0, 4), [0, 0], torch.tensor([GT1]), torch.tensor([1]), NUM_CLASSES
-    )
+    res = ATSSAssigner().assign(torch.zeros(0, 4), [0, 0], torch.tensor([GT1]), torch.tensor([1]), NUM_CLASSES)
     assert res.gt_inds.shape == res.labels.shape == res.max_overlaps.shape == (0,)
 
 
@@ -211,9 +199,7 @@ def test_matches_brute_force_on_random_scene():
     # 6 overlapping gts near the middle of a 6x5 (stride 8) + 3x3 (stride 16) grid: several
     # anchors are positive for more than one gt, so the highest-IoU rule is exercised.
     g = torch.Generator().manual_seed(0)
-    anchors = torch.cat(
-        [level_anchors(8, 6, 5, torch.float64), level_anchors(16, 3, 3, torch.float64)]
-    )
+    anchors = torch.cat([level_anchors(8, 6, 5, torch.float64), level_anchors(16, 3, 3, torch.float64)])
     nla = [30, 9]
     num_gt = 6
     # Centres in [8, 32] x [8, 24], sides 24..88 px (random floats: no distance ties).
@@ -229,8 +215,7 @@ def test_matches_brute_force_on_random_scene():
     # The scene really has conflicts: count anchors positive for >= 2 gts when assigned alone.
     alone = torch.stack(
         [
-            assigner.assign(anchors, nla, gts[k : k + 1], labels[k : k + 1], NUM_CLASSES).gt_inds
-            > 0
+            assigner.assign(anchors, nla, gts[k : k + 1], labels[k : k + 1], NUM_CLASSES).gt_inds > 0
             for k in range(num_gt)
         ]
     )

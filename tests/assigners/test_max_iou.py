@@ -99,9 +99,7 @@ def test_tuple_neg_iou_thr():
 
 
 def test_no_gt():
-    res = MaxIoUAssigner(0.5, 0.4).assign(
-        PRIORS, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), NUM_CLASSES
-    )
+    res = MaxIoUAssigner(0.5, 0.4).assign(PRIORS, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), NUM_CLASSES)
     assert res.gt_inds.tolist() == [0] * 11
     assert res.labels.tolist() == [NUM_CLASSES] * 11
     assert res.max_overlaps.tolist() == [0.0] * 11

@@ -57,7 +57,9 @@ def test_distributed_ranks_split_the_global_batches():
     shards = [_all(s) for s in ranks]
     assert [len(s) for s in shards] == [len(s) for s in ranks] == [5, 5]
     assert [a + b for a, b in zip(*shards)] == global_batches
-    dropped = [_all(AspectRatioGroupedBatchSampler(GROUPS, 1, seed=5, rank=r, world_size=2, drop_last=True)) for r in range(2)]
+    dropped = [
+        _all(AspectRatioGroupedBatchSampler(GROUPS, 1, seed=5, rank=r, world_size=2, drop_last=True)) for r in range(2)
+    ]
     # portrait: 4 → 2 full global batches; landscape: 6 → 3; nothing to drop
     assert [len(s) for s in dropped] == [5, 5]
     dropped3 = AspectRatioGroupedBatchSampler(GROUPS, 1, seed=5, rank=0, world_size=3, drop_last=True)
@@ -84,8 +86,10 @@ def test_bad_arguments():
 
 
 def test_collate():
-    items = [(torch.zeros(3, 2, 4), {"boxes": torch.zeros(0, 4)}, {"image_id": 1}),
-             (torch.zeros(3, 5, 3), {"boxes": torch.ones(1, 4)}, {"image_id": 2})]
+    items = [
+        (torch.zeros(3, 2, 4), {"boxes": torch.zeros(0, 4)}, {"image_id": 1}),
+        (torch.zeros(3, 5, 3), {"boxes": torch.ones(1, 4)}, {"image_id": 2}),
+    ]
     images, targets, metas = collate(items)
     assert [tuple(i.shape) for i in images] == [(3, 2, 4), (3, 5, 3)]
     assert [m["image_id"] for m in metas] == [1, 2] and targets[1]["boxes"].shape == (1, 4)
@@ -95,15 +99,22 @@ def test_collate():
 
 def test_dataloader_augmentation_independent_of_workers():
     bccd = shared_path("data", "bccd")
-    ds = CocoDetection(bccd / "JPEGImages", bccd / "annotations" / "instances_val.json", seed=11,
-                       transforms=build_train_transforms((96, 48), "range", [(96, 32), (96, 64)]))
+    ds = CocoDetection(
+        bccd / "JPEGImages",
+        bccd / "annotations" / "instances_val.json",
+        seed=11,
+        transforms=build_train_transforms((96, 48), "range", [(96, 32), (96, 64)]),
+    )
     ds.records = ds.records[:6]
     sampler = AspectRatioGroupedBatchSampler(ds, batch_size=2, seed=11)  # all 640x480: one group
 
     def run(workers):
         loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
-        return [(m["image_id"], m["img_shape"], m["flip"], t["boxes"].sum().item())
-                for images, targets, metas in loader for t, m in zip(targets, metas)]
+        return [
+            (m["image_id"], m["img_shape"], m["flip"], t["boxes"].sum().item())
+            for images, targets, metas in loader
+            for t, m in zip(targets, metas)
+        ]
 
     single = run(0)
     assert len(single) == 6 and len({s[1] for s in single}) > 1

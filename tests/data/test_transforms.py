@@ -10,7 +10,10 @@ from varifocal.data import Compose, RandomHorizontalFlip, Resize, build_test_tra
 
 def _triple(width: int, height: int, boxes, dtype=torch.uint8):
     image = torch.zeros(3, height, width, dtype=dtype)
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.zeros(len(boxes), dtype=torch.int64)}
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.zeros(len(boxes), dtype=torch.int64),
+    }
     meta = {"ori_shape": (height, width), "img_shape": (height, width), "scale_factor": (1.0, 1.0), "flip": False}
     return image, target, meta
 
@@ -100,10 +103,20 @@ def test_flip_boxes_and_pixels():
 
 
 def test_flip_rate_and_generator_reproducibility():
-    flips = [RandomHorizontalFlip(0.5, torch.Generator().manual_seed(s))(*_triple(4, 2, []))[2]["flip"] for s in range(400)]
+    flips = [
+        RandomHorizontalFlip(0.5, torch.Generator().manual_seed(s))(*_triple(4, 2, []))[2]["flip"] for s in range(400)
+    ]
     assert 150 < sum(flips) < 250
-    a = [RandomHorizontalFlip(0.5, g)(*_triple(4, 2, []))[2]["flip"] for g in [torch.Generator().manual_seed(5)] for _ in range(20)]
-    b = [RandomHorizontalFlip(0.5, g)(*_triple(4, 2, []))[2]["flip"] for g in [torch.Generator().manual_seed(5)] for _ in range(20)]
+    a = [
+        RandomHorizontalFlip(0.5, g)(*_triple(4, 2, []))[2]["flip"]
+        for g in [torch.Generator().manual_seed(5)]
+        for _ in range(20)
+    ]
+    b = [
+        RandomHorizontalFlip(0.5, g)(*_triple(4, 2, []))[2]["flip"]
+        for g in [torch.Generator().manual_seed(5)]
+        for _ in range(20)
+    ]
     assert a == b
 
 

@@ -41,10 +41,28 @@ def tiny_config(tmp_path: Path, out: str, **train) -> Path:
     ann = tiny_dataset(tmp_path)
     cfg = {
         "model": {"name": "vfnet_lite0_fpn", "num_classes": 3, "pretrained_backbone": False, "test_scale": [128, 96]},
-        "data": {"root": "", "train_ann": str(ann), "train_images": str(BCCD / "JPEGImages"), "val_ann": str(ann),
-                 "val_images": str(BCCD / "JPEGImages"), "train_scale": [128, 96], "min_size": 0, "num_workers": 0},
-        "train": {"epochs": 3, "batch_size": 2, "lr": 0.01, "warmup_iters": 2, "lr_steps": [2], "eval_interval": 0,
-                  "log_interval": 1, "seed": 3, "out_dir": str(tmp_path / out), **train},
+        "data": {
+            "root": "",
+            "train_ann": str(ann),
+            "train_images": str(BCCD / "JPEGImages"),
+            "val_ann": str(ann),
+            "val_images": str(BCCD / "JPEGImages"),
+            "train_scale": [128, 96],
+            "min_size": 0,
+            "num_workers": 0,
+        },
+        "train": {
+            "epochs": 3,
+            "batch_size": 2,
+            "lr": 0.01,
+            "warmup_iters": 2,
+            "lr_steps": [2],
+            "eval_interval": 0,
+            "log_interval": 1,
+            "seed": 3,
+            "out_dir": str(tmp_path / out),
+            **train,
+        },
     }
     path = tmp_path / f"{out}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -58,8 +76,9 @@ def _env() -> dict:
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "varifocal.cli.main", *args], env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "varifocal.cli.main", *args], env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
     return proc
@@ -79,13 +98,20 @@ def test_param_groups_follow_spec():
     with torch.device("meta"):
         model = varifocal.build_model("vfnet_r50_fpn_dcn", num_classes=3)
     groups = {g["name"]: g for g in build_param_groups(model, lr=0.01, weight_decay=1e-4)}
-    assert groups["neck.fpn_convs.0.conv.bias"]["lr"] == 0.02 and groups["neck.fpn_convs.0.conv.bias"]["weight_decay"] == 0
+    assert (
+        groups["neck.fpn_convs.0.conv.bias"]["lr"] == 0.02 and groups["neck.fpn_convs.0.conv.bias"]["weight_decay"] == 0
+    )
     assert groups["bbox_head.vfnet_cls.bias"]["lr"] == 0.02
-    assert groups["bbox_head.cls_convs.0.gn.bias"]["lr"] == 0.01 and groups["bbox_head.cls_convs.0.gn.bias"]["weight_decay"] == 1e-4
+    assert (
+        groups["bbox_head.cls_convs.0.gn.bias"]["lr"] == 0.01
+        and groups["bbox_head.cls_convs.0.gn.bias"]["weight_decay"] == 1e-4
+    )
     assert groups["backbone.layer2.0.bn1.bias"]["lr"] == 0.01  # BN affine of stage 2 trains, 1× lr
     off = groups["backbone.layer2.0.conv2.conv_offset.bias"]
     assert off["lr"] == 0.01 and off["weight_decay"] == 1e-4  # DCN offsets: no bias rule
-    assert groups["bbox_head.scales.0.scale"]["lr"] == 0.01 and groups["bbox_head.scales.0.scale"]["weight_decay"] == 1e-4
+    assert (
+        groups["bbox_head.scales.0.scale"]["lr"] == 0.01 and groups["bbox_head.scales.0.scale"]["weight_decay"] == 1e-4
+    )
     assert "backbone.layer1.0.conv1.weight" not in groups and "backbone.conv1.weight" not in groups  # frozen
 
 
@@ -111,8 +137,13 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
 
     cfg = tiny_config(tmp_path, "crash")
     log = tmp_path / "crash" / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "varifocal.cli.main", "train", str(cfg)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "varifocal.cli.main", "train", str(cfg)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     killed_in_epoch = None
     while time.time() < deadline and proc.poll() is None:
@@ -185,9 +216,25 @@ def test_ddp_two_processes_equal_one_process_with_same_global_batch(tmp_path):
     run_cli("train", str(single))
     double = tiny_config(tmp_path, "ddp", epochs=1, batch_size=1)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(29500 + os.getpid() % 1000), "-m", "varifocal.cli.main", "train", str(double)],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "varifocal.cli.main",
+            "train",
+            str(double),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = weights(tmp_path / "single" / "last.pth"), weights(tmp_path / "ddp" / "last.pth")
@@ -195,4 +242,6 @@ def test_ddp_two_processes_equal_one_process_with_same_global_batch(tmp_path):
     assert max_diff(a, b) <= 1e-5
     # And training did move the weights (the comparison is not vacuous).
     init = varifocal.build_model("vfnet_lite0_fpn", num_classes=3, scale=[128, 96])
-    assert not math.isclose(float((a["bbox_head.vfnet_cls.bias"] - init.state_dict()["bbox_head.vfnet_cls.bias"]).abs().max()), 0.0)
+    assert not math.isclose(
+        float((a["bbox_head.vfnet_cls.bias"] - init.state_dict()["bbox_head.vfnet_cls.bias"]).abs().max()), 0.0
+    )

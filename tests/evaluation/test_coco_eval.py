@@ -39,8 +39,11 @@ def coco_evaluator(coco_val_ann):
 
 def _gt_as_detections(ann_file):
     gt = json.loads(open(ann_file).read())
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a.get("iscrowd", 0)
+    ]
 
 
 def _realistic_detections(ann_file, seed=0):
@@ -56,16 +59,30 @@ def _realistic_detections(ann_file, seed=0):
             continue
         x, y, w, h = a["bbox"]
         jitter = rng.normal(0.0, 0.05, 4) * [w, h, w, h]
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                     "bbox": [float(x + jitter[0]), float(y + jitter[1]), float(max(1.0, w + jitter[2])),
-                              float(max(1.0, h + jitter[3]))],
-                     "score": float(rng.uniform(0.05, 1.0))})
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [
+                    float(x + jitter[0]),
+                    float(y + jitter[1]),
+                    float(max(1.0, w + jitter[2])),
+                    float(max(1.0, h + jitter[3])),
+                ],
+                "score": float(rng.uniform(0.05, 1.0)),
+            }
+        )
     for image_id, (width, height) in sizes.items():
         for _ in range(int(rng.integers(0, 6))):
             w, h = rng.uniform(5, width / 2), rng.uniform(5, height / 2)
-            dets.append({"image_id": image_id, "category_id": int(rng.choice(cats)),
-                         "bbox": [float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), float(w), float(h)],
-                         "score": float(rng.uniform(0.05, 0.9))})
+            dets.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(rng.choice(cats)),
+                    "bbox": [float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), float(w), float(h)],
+                    "score": float(rng.uniform(0.05, 0.9)),
+                }
+            )
     return dets
 
 
@@ -104,15 +121,20 @@ def test_bccd_gt_as_predictions_gives_ap_1():
     assert m["stats"]["AP"] == 1.0
     # (c) data README: val has 805 RBC / 71 WBC / 69 Platelets boxes.
     assert [(r["name"], r["num_gt"], r["num_dets"]) for r in m["per_class"]] == [
-        ("RBC", 805, 805), ("WBC", 71, 71), ("Platelets", 69, 69)]
+        ("RBC", 805, 805),
+        ("WBC", 71, 71),
+        ("Platelets", 69, 69),
+    ]
 
 
 def test_bccd_voc_ground_truth_as_predictions_gives_ap_1():
     voc = VOCDetection(shared_path("data", "bccd"), "test", class_names=["RBC", "WBC", "Platelets"])
     evaluator = CocoEvaluator(voc)
     gt = voc.to_coco_dict()
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in gt["annotations"]]
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+    ]
     assert evaluator.evaluate(dets)["stats"]["AP"] == 1.0
 
 
@@ -216,8 +238,9 @@ def test_class_list_checked_against_ground_truth(coco_val_ann, tmp_path):
     write_predictions(preds, [], ["person", "bicycle"], [1, 3])
     with pytest.raises(DataError, match=f"{preds}: label 1 is 'bicycle' but category id 3 is 'car'"):
         subset.evaluate(preds)
-    write_predictions(preds, [{"image_id": 139, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}],
-                      ["person", "bicycle"], [1, 2])
+    write_predictions(
+        preds, [{"image_id": 139, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}], ["person", "bicycle"], [1, 2]
+    )
     assert subset.evaluate(preds)["num_detections"] == 1
 
 
@@ -225,12 +248,21 @@ def test_class_list_checked_against_ground_truth(coco_val_ann, tmp_path):
 
 
 def test_detections_to_coco():
-    results = [{"boxes": torch.tensor([[10.5, 20.0, 30.25, 60.0], [0.0, 0.0, 1.0, 1.0]]),
-                "scores": torch.tensor([0.9, 0.123456789]), "labels": torch.tensor([2, 0])},
-               {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
+    results = [
+        {
+            "boxes": torch.tensor([[10.5, 20.0, 30.25, 60.0], [0.0, 0.0, 1.0, 1.0]]),
+            "scores": torch.tensor([0.9, 0.123456789]),
+            "labels": torch.tensor([2, 0]),
+        },
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     out = detections_to_coco(results, [7, 8], [1, 5, 90])
-    assert out[0] == {"image_id": 7, "category_id": 90, "bbox": [10.5, 20.0, 19.75, 40.0],
-                      "score": pytest.approx(0.9, abs=1e-7)}
+    assert out[0] == {
+        "image_id": 7,
+        "category_id": 90,
+        "bbox": [10.5, 20.0, 19.75, 40.0],
+        "score": pytest.approx(0.9, abs=1e-7),
+    }
     assert out[1]["category_id"] == 1 and out[1]["bbox"] == [0.0, 0.0, 1.0, 1.0]
     assert out[1]["score"] == float(torch.tensor(0.123456789))  # full float32 value, not rounded
     assert len(out) == 2 and all(type(v) is float for v in out[0]["bbox"])
@@ -287,9 +319,19 @@ def test_small_tiny_dataset_roundtrip(tmp_path):
     evaluator = CocoEvaluator(ds, backend="pycocotools")
     assert evaluator.class_names == ["a", "b"] and evaluator.cat_ids == [1, 3]
     # box [0, 0, 45, 45]: IoU = 2025 / 2500 = 0.81 -> matched at thresholds 0.50..0.80 (7 of 10)
-    m = evaluator.evaluate(detections_to_coco(
-        [{"boxes": torch.tensor([[0.0, 0.0, 45.0, 45.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}],
-        [1], ds.cat_ids))
+    m = evaluator.evaluate(
+        detections_to_coco(
+            [
+                {
+                    "boxes": torch.tensor([[0.0, 0.0, 45.0, 45.0]]),
+                    "scores": torch.tensor([0.9]),
+                    "labels": torch.tensor([0]),
+                }
+            ],
+            [1],
+            ds.cat_ids,
+        )
+    )
     assert m["stats"]["AP"] == pytest.approx(0.7, abs=1e-12)
     assert m["stats"]["AP50"] == pytest.approx(1.0, abs=1e-12) and m["stats"]["AP75"] == pytest.approx(1.0, abs=1e-12)
     assert m["stats"]["APm"] == m["stats"]["AP"] and m["stats"]["APs"] == -1.0  # no small box: -1 as in COCOeval

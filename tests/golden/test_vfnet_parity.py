@@ -100,7 +100,9 @@ def test_raw_head_outputs(eval_outputs, golden):
         assert float((cls_scores[lvl] - ref_cls).abs().max()) <= 1e-3, f"logits, level {lvl}"
         # Distances: relative error ≤ 1e-3.
         assert _max_rel(bbox_preds[lvl], golden["bbox_preds"][lvl].float()) <= 1e-3, f"init, level {lvl}"
-        assert _max_rel(bbox_preds_refine[lvl], golden["bbox_preds_refine"][lvl].float()) <= 1e-3, f"refine, level {lvl}"
+        assert _max_rel(bbox_preds_refine[lvl], golden["bbox_preds_refine"][lvl].float()) <= 1e-3, (
+            f"refine, level {lvl}"
+        )
 
 
 def test_atss_labels(model, eval_outputs, golden):
@@ -150,8 +152,8 @@ def test_preprocessor_reproduces_the_reference_input_and_forward_returns_origina
     """model.preprocessor turns the original photo into the reference network input (sizes
     exact; pixels within JPEG-decoder/resize rounding), and model(images) reports boxes in
     that photo's pixels."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     for i, meta in enumerate(golden["metas"]):
         image_path = SHARED / "data" / "coco_subset" / meta["img_path"]

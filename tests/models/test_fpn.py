@@ -7,16 +7,14 @@ import torch
 
 from varifocal.models.necks import FPN
 
-GOLDEN_CKPT = (
-    Path(__file__).resolve().parents[2].parent / "shared/golden/vfnet_r50_coco80/checkpoint.pth"
-)
+GOLDEN_CKPT = Path(__file__).resolve().parents[2].parent / "shared/golden/vfnet_r50_coco80/checkpoint.pth"
 
 
 def test_keys_equal_golden_neck():
     if not GOLDEN_CKPT.is_file():
         pytest.skip(f"golden checkpoint absent: {GOLDEN_CKPT} (../shared not available)")
     sd = torch.load(GOLDEN_CKPT, map_location="cpu", weights_only=True)["state_dict"]
-    golden = {k[len("neck."):]: tuple(v.shape) for k, v in sd.items() if k.startswith("neck.")}
+    golden = {k[len("neck.") :]: tuple(v.shape) for k, v in sd.items() if k.startswith("neck.")}
     with torch.device("meta"):
         fpn = FPN([512, 1024, 2048], 256, num_outs=5, add_extra_convs="on_output")
     ours = {k: tuple(v.shape) for k, v in fpn.state_dict().items()}
@@ -32,7 +30,12 @@ def test_level_sizes_800x1216(mode):
     with torch.no_grad():
         outs = fpn(feats)
     assert [tuple(o.shape) for o in outs] == [
-        (1, 4, 100, 152), (1, 4, 50, 76), (1, 4, 25, 38), (1, 4, 13, 19), (1, 4, 7, 10)]
+        (1, 4, 100, 152),
+        (1, 4, 50, 76),
+        (1, 4, 25, 38),
+        (1, 4, 13, 19),
+        (1, 4, 7, 10),
+    ]
     n_convs = 3 if mode == "none" else 5
     assert len(fpn.fpn_convs) == n_convs
     if mode == "on_input":
@@ -100,8 +103,11 @@ def test_none_mode_uses_max_pool_subsampling():
     torch.testing.assert_close(q, x[..., ::2, ::2])
     torch.testing.assert_close(r, x[..., ::4, ::4])
     assert [k for k in fpn.state_dict()] == [
-        "lateral_convs.0.conv.weight", "lateral_convs.0.conv.bias",
-        "fpn_convs.0.conv.weight", "fpn_convs.0.conv.bias"]
+        "lateral_convs.0.conv.weight",
+        "lateral_convs.0.conv.bias",
+        "fpn_convs.0.conv.weight",
+        "fpn_convs.0.conv.bias",
+    ]
 
 
 def test_bool_flags_and_init():

@@ -25,7 +25,9 @@ RETINA_S8 = [
 
 def retinanet():
     return AnchorGenerator(
-        strides=[8, 16, 32, 64, 128], ratios=[0.5, 1.0, 2.0], octave_base_scale=4,
+        strides=[8, 16, 32, 64, 128],
+        ratios=[0.5, 1.0, 2.0],
+        octave_base_scale=4,
         scales_per_octave=3,
     )
 
@@ -37,9 +39,7 @@ def test_retinanet_base_anchors_match_spec_table():
     assert base.dtype == torch.float32 and base.shape == (9, 4)
     torch.testing.assert_close(base, torch.tensor(RETINA_S8), atol=1e-4, rtol=0)
     # 4·2^(1/3) = 5.039684, 4·2^(2/3) = 6.349604.
-    torch.testing.assert_close(
-        gen.scales, torch.tensor([4.0, 5.039684, 6.349604]), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(gen.scales, torch.tensor([4.0, 5.039684, 6.349604]), atol=1e-6, rtol=0)
     # Other levels scale linearly with the stride (128 = 16·8).
     torch.testing.assert_close(gen.base_anchors[4], 16 * torch.tensor(RETINA_S8), atol=2e-3, rtol=0)
 
@@ -80,15 +80,11 @@ def test_grid_anchors_2x2_stride8_three_anchors():
     # Spot values written out: row 4 = loc (y=0, x=1), a=1 -> (4, -4, 12, 4);
     # row 9 = loc (1, 1), a=0 -> (8 - 5.656854, 8 - 2.828427, 13.656854, 10.828427).
     torch.testing.assert_close(anchors[4], torch.tensor([4.0, -4.0, 12.0, 4.0]))
-    torch.testing.assert_close(
-        anchors[9], torch.tensor([2.343146, 5.171573, 13.656854, 10.828427]), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(anchors[9], torch.tensor([2.343146, 5.171573, 13.656854, 10.828427]), atol=1e-5, rtol=0)
 
 
 def test_atss_single_square_anchor():
-    gen = AnchorGenerator(
-        strides=[8, 16], ratios=[1.0], octave_base_scale=8, scales_per_octave=1
-    )
+    gen = AnchorGenerator(strides=[8, 16], ratios=[1.0], octave_base_scale=8, scales_per_octave=1)
     assert gen.num_base_anchors == 1
     a8, a16 = gen.grid_anchors([(2, 3), (1, 2)])
     # Level stride 8, side 64, centre (8x, 8y), row y·3 + x.
@@ -100,8 +96,7 @@ def test_atss_single_square_anchor():
 
 def test_center_offset_and_base_sizes():
     # base size 10, offset 0.5 -> centre (5, 5); one 1:1 anchor of scale 2 -> 20x20.
-    gen = AnchorGenerator(strides=[8], ratios=[1.0], scales=[2.0], base_sizes=[10],
-                          center_offset=0.5)
+    gen = AnchorGenerator(strides=[8], ratios=[1.0], scales=[2.0], base_sizes=[10], center_offset=0.5)
     torch.testing.assert_close(gen.base_anchors[0], torch.tensor([[-5.0, -5.0, 15.0, 15.0]]))
 
 
@@ -130,9 +125,7 @@ def test_valid_flags_cut_by_pad_shape():
     # Stride 16, map 2x2: ceil(10/16) = 1 row, ceil(17/16) = 2 cols (= W).
     f8, f16 = valid_flags([(3, 4), (2, 2)], [8, 16], (10, 17))
     assert f8.dtype == torch.bool
-    expected8 = [1, 1, 1, 0,
-                 1, 1, 1, 0,
-                 0, 0, 0, 0]
+    expected8 = [1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0]
     assert f8.tolist() == [bool(v) for v in expected8]
     assert f16.tolist() == [True, True, False, False]
     # A = 2 anchors per location share the flag: location order (y·W + x), then a.

@@ -10,9 +10,7 @@ import torchvision
 from varifocal.models.backbones import resnet as R
 from varifocal.models.layers.dcn import ModulatedDeformConv2d
 
-GOLDEN_CKPT = (
-    Path(__file__).resolve().parents[2].parent / "shared/golden/vfnet_r50_coco80/checkpoint.pth"
-)
+GOLDEN_CKPT = Path(__file__).resolve().parents[2].parent / "shared/golden/vfnet_r50_coco80/checkpoint.pth"
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -30,8 +28,7 @@ def golden_backbone_shapes():
     if not GOLDEN_CKPT.is_file():
         pytest.skip(f"golden checkpoint absent: {GOLDEN_CKPT} (../shared not available)")
     sd = torch.load(GOLDEN_CKPT, map_location="cpu", weights_only=True)["state_dict"]
-    return {k[len("backbone."):]: tuple(v.shape) for k, v in sd.items()
-            if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: tuple(v.shape) for k, v in sd.items() if k.startswith("backbone.")}
 
 
 def test_resnet50_keys_equal_golden_checkpoint(golden_backbone_shapes):
@@ -92,8 +89,7 @@ def test_forward_strides_and_channels(r18):
     m = R.resnet18(out_indices=(0, 1, 2, 3)).eval()
     with torch.no_grad():
         outs = m(torch.randn(2, 3, 64, 96))
-        assert [tuple(o.shape) for o in outs] == [
-            (2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6), (2, 512, 2, 3)]
+        assert [tuple(o.shape) for o in outs] == [(2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6), (2, 512, 2, 3)]
         outs = r18(torch.randn(1, 3, 64, 64))  # default out_indices (1, 2, 3): C3..C5
         assert [tuple(o.shape) for o in outs] == [(1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
 

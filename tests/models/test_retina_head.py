@@ -31,7 +31,10 @@ def test_default_hyper_parameters_and_init():
     assert head.assigner.match_low_quality
     # §1.16: N(0, 0.01) weights, zero biases, cls prior bias −log(99).
     assert float(head.retina_cls.bias.detach()[0]) == pytest.approx(-4.59512, abs=1e-5)
-    assert float(head.retina_reg.bias.detach().abs().max()) == 0.0 and float(head.cls_convs[0].conv.bias.detach().abs().max()) == 0.0
+    assert (
+        float(head.retina_reg.bias.detach().abs().max()) == 0.0
+        and float(head.cls_convs[0].conv.bias.detach().abs().max()) == 0.0
+    )
     assert 0.009 < float(head.cls_convs[0].conv.weight.detach().std()) < 0.011
     # Base anchors of stride 8, a = r_idx·3 + s_idx (§1.5 table): a0 and a5.
     base = head.prior_generator.base_anchors[0]

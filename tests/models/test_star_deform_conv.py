@@ -49,17 +49,23 @@ def test_offsets_match_spec_table():
     l, t, r, b = 1.5, 2.0, 3.25, 4.0
     d = torch.tensor([l, t, r, b]).view(1, 4, 1, 1)
     off = star_offsets(d).view(9, 2)
-    expected = torch.tensor([
-        [1 - t, 1 - l], [1 - t, 0], [1 - t, r - 1],
-        [0, 1 - l], [0, 0], [0, r - 1],
-        [b - 1, 1 - l], [b - 1, 0], [b - 1, r - 1],
-    ])
+    expected = torch.tensor(
+        [
+            [1 - t, 1 - l],
+            [1 - t, 0],
+            [1 - t, r - 1],
+            [0, 1 - l],
+            [0, 0],
+            [0, r - 1],
+            [b - 1, 1 - l],
+            [b - 1, 0],
+            [b - 1, r - 1],
+        ]
+    )
     assert torch.equal(off, expected)
     # Targets = regular grid position + offset = the star.
     grid = torch.tensor([[ky - 1.0, kx - 1.0] for ky in range(3) for kx in range(3)])
-    star = torch.tensor(
-        [[-t, -l], [-t, 0], [-t, r], [0, -l], [0, 0], [0, r], [b, -l], [b, 0], [b, r]]
-    )
+    star = torch.tensor([[-t, -l], [-t, 0], [-t, r], [0, -l], [0, 0], [0, r], [b, -l], [b, 0], [b, r]])
     assert torch.equal(grid + off, star)
 
 
@@ -188,9 +194,7 @@ def test_gradcheck_fast_float64():
     assert torch.autograd.gradcheck(lambda *a: star_deform_conv2d(*a, impl="fast"), args)
 
 
-@pytest.mark.parametrize(
-    "shape", [(1, 1, 1), (2, 1, 1), (1, 1, 2), (2, 2, 1), (1, 3, 1), (3, 1, 4), (1, 5, 1)]
-)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 1), (1, 1, 2), (2, 2, 1), (1, 3, 1), (3, 1, 4), (1, 5, 1)])
 def test_tiny_maps_and_batches(shape):
     n, h, w = shape
     x, d, wt = _inputs(n=n, h=h, w=w)

@@ -148,8 +148,16 @@ def _one_hot_outputs(num_classes=3):
 
 @pytest.mark.parametrize("postprocess", ["mmdet3", "mmdet2"])
 def test_postprocess_decodes_clamps_and_rescales(postprocess):
-    head = VFNetHead(3, in_channels=32, feat_channels=32, stacked_convs=1, num_groups=8, strides=(8, 16),
-                     regress_ranges=((-1, 64), (64, 1e8)), test_cfg={"postprocess": postprocess})
+    head = VFNetHead(
+        3,
+        in_channels=32,
+        feat_channels=32,
+        stacked_convs=1,
+        num_groups=8,
+        strides=(8, 16),
+        regress_ranges=((-1, 64), (64, 1e8)),
+        test_cfg={"postprocess": postprocess},
+    )
     cls, boxes = _one_hot_outputs()
     meta = {"img_shape": (30, 40), "scale_factor": (2.0, 0.5)}
     (det,) = head.predict(VFNetOutputs(cls, [], boxes), [meta])
@@ -161,8 +169,9 @@ def test_postprocess_decodes_clamps_and_rescales(postprocess):
 
 
 def test_nms_is_class_aware_at_0_6():
-    head = VFNetHead(2, in_channels=32, feat_channels=32, stacked_convs=1, num_groups=8, strides=(8,),
-                     regress_ranges=((-1, 1e8),))
+    head = VFNetHead(
+        2, in_channels=32, feat_channels=32, stacked_convs=1, num_groups=8, strides=(8,), regress_ranges=((-1, 1e8),)
+    )
     cls = torch.full((1, 2, 1, 3), -10.0)
     cls[0, 0, 0, 0], cls[0, 0, 0, 1], cls[0, 1, 0, 2] = 3.0, 2.0, 1.0
     box = torch.zeros((1, 4, 1, 3))

@@ -152,9 +152,16 @@ def test_r50_matches_the_golden_checkpoint_exactly():
 def test_list_and_unknown_model():
     names = varifocal.list_models()
     zoo = {
-        "retinanet_r50_fpn", "retinanet_r101_fpn", "retinanet_x101_32x4d_fpn", "retinanet_x101_64x4d_fpn",
-        "fcos_r50_caffe_fpn_gn_head", "fcos_r101_caffe_fpn_gn_head", "fcos_x101_64x4d_fpn_gn_head",
-        "fcos_r50_caffe_fpn_gn_head_tricks", "atss_r50_fpn", "atss_r101_fpn",
+        "retinanet_r50_fpn",
+        "retinanet_r101_fpn",
+        "retinanet_x101_32x4d_fpn",
+        "retinanet_x101_64x4d_fpn",
+        "fcos_r50_caffe_fpn_gn_head",
+        "fcos_r101_caffe_fpn_gn_head",
+        "fcos_x101_64x4d_fpn_gn_head",
+        "fcos_r50_caffe_fpn_gn_head_tricks",
+        "atss_r50_fpn",
+        "atss_r101_fpn",
     }
     lite = {"vfnet_lite0_fpn", "retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn"}
     assert set(ZOO) | zoo | lite == set(names) and names == sorted(names)
@@ -167,8 +174,10 @@ def test_whole_detector_under_bfloat16_autocast():
     torch.manual_seed(0)
     model = varifocal.build_model("vfnet_r18_fpn", num_classes=3, scale=(96, 64))
     images = [torch.rand(3, 64, 96) * 255, torch.rand(3, 50, 70) * 255]
-    targets = [{"boxes": torch.tensor([[10.0, 5.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 5.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)},
+    ]
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(images, targets)

@@ -44,9 +44,7 @@ def _worker(rank, world_size, port, out_dir):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=30)
-    )
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=30))
     try:
         x = torch.tensor([rank + 1.0, 10.0 * (rank + 1)])
         mean = reduce_mean(x)

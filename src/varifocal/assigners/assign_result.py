@@ -31,4 +31,3 @@ class AssignResult:
     gt_inds: Tensor
     max_overlaps: Tensor
     labels: Tensor
-

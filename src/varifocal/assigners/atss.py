@@ -74,9 +74,7 @@ class ATSSAssigner:
             raise ValueError(f"atss.py: gt_bboxes must be [K, 4], got {tuple(gt_bboxes.shape)}")
         num_anchors, num_gt = anchors.size(0), gt_bboxes.size(0)
         if gt_labels.shape != (num_gt,):
-            raise ValueError(
-                f"atss.py: gt_labels must be [{num_gt}], got {tuple(gt_labels.shape)}"
-            )
+            raise ValueError(f"atss.py: gt_labels must be [{num_gt}], got {tuple(gt_labels.shape)}")
         if sum(num_level_anchors) != num_anchors or any(n < 0 for n in num_level_anchors):
             raise ValueError(
                 f"atss.py: num_level_anchors {list(num_level_anchors)} must be non-negative "
@@ -96,9 +94,7 @@ class ATSSAssigner:
         anchor_cx = (anchors[:, 0] + anchors[:, 2]) / 2.0
         anchor_cy = (anchors[:, 1] + anchors[:, 3]) / 2.0
         anchor_points = torch.stack((anchor_cx, anchor_cy), dim=1)  # [A, 2]
-        distances = (
-            (anchor_points[:, None, :] - gt_points[None, :, :]).pow(2).sum(-1).sqrt()
-        )  # [A, K]
+        distances = (anchor_points[:, None, :] - gt_points[None, :, :]).pow(2).sum(-1).sqrt()  # [A, K]
 
         # Per level, the topk closest anchors of every gt (indices into all A anchors).
         candidate_list = []
@@ -131,9 +127,7 @@ class ATSSAssigner:
         # that max(dim=1) sees the same layout (and breaks ties the same way) as the reference.
         flat_idxs = (candidate_idxs + gt_arange[None, :] * num_anchors).view(-1)
         pos_flat = flat_idxs[is_pos.view(-1)]
-        overlaps_inf = torch.full(
-            (num_gt * num_anchors,), -float("inf"), dtype=overlaps.dtype, device=device
-        )
+        overlaps_inf = torch.full((num_gt * num_anchors,), -float("inf"), dtype=overlaps.dtype, device=device)
         overlaps_inf[pos_flat] = overlaps.t().contiguous().view(-1)[pos_flat]
         overlaps_inf = overlaps_inf.view(num_gt, num_anchors).t()  # [A, K]
 

@@ -76,10 +76,7 @@ class MaxIoUAssigner:
     ) -> None:
         if isinstance(neg_iou_thr, (tuple, list)):
             if len(neg_iou_thr) != 2:
-                raise ValueError(
-                    f"max_iou.py: neg_iou_thr must be a float or a (lo, hi) pair, got "
-                    f"{neg_iou_thr}"
-                )
+                raise ValueError(f"max_iou.py: neg_iou_thr must be a float or a (lo, hi) pair, got {neg_iou_thr}")
             neg_iou_thr = (float(neg_iou_thr[0]), float(neg_iou_thr[1]))
         else:
             neg_iou_thr = float(neg_iou_thr)
@@ -122,15 +119,9 @@ class MaxIoUAssigner:
             raise ValueError(f"max_iou.py: gt_bboxes must be [G, 4], got {tuple(gt_bboxes.shape)}")
         num_gts, num_priors = gt_bboxes.size(0), priors.size(0)
         if gt_labels.shape != (num_gts,):
-            raise ValueError(
-                f"max_iou.py: gt_labels must be [{num_gts}], got {tuple(gt_labels.shape)}"
-            )
-        if gt_bboxes_ignore is not None and (
-            gt_bboxes_ignore.dim() != 2 or gt_bboxes_ignore.size(-1) != 4
-        ):
-            raise ValueError(
-                f"max_iou.py: gt_bboxes_ignore must be [K, 4], got {tuple(gt_bboxes_ignore.shape)}"
-            )
+            raise ValueError(f"max_iou.py: gt_labels must be [{num_gts}], got {tuple(gt_labels.shape)}")
+        if gt_bboxes_ignore is not None and (gt_bboxes_ignore.dim() != 2 or gt_bboxes_ignore.size(-1) != 4):
+            raise ValueError(f"max_iou.py: gt_bboxes_ignore must be [K, 4], got {tuple(gt_bboxes_ignore.shape)}")
 
         device = priors.device
         dtype = torch.promote_types(priors.dtype, gt_bboxes.dtype)
@@ -147,11 +138,7 @@ class MaxIoUAssigner:
         overlaps = bbox_overlaps(gt_bboxes, priors, eps=_EPS)  # [G, M]
 
         # Step 2 (inert in the zoo configs).
-        if (
-            self.ignore_iof_thr > 0
-            and gt_bboxes_ignore is not None
-            and gt_bboxes_ignore.numel() > 0
-        ):
+        if self.ignore_iof_thr > 0 and gt_bboxes_ignore is not None and gt_bboxes_ignore.numel() > 0:
             iof = _iof(priors, gt_bboxes_ignore.to(device=device, dtype=dtype))  # [M, K]
             ignored = iof.max(dim=1).values > self.ignore_iof_thr
             overlaps[:, ignored] = -1.0

@@ -61,8 +61,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     start = time.time()
     result = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: {result['epoch']} epochs, {result['iteration']} iterations, best AP {result['best_ap']:.4f}, "
-              f"{time.time() - start:.0f} s")
+        print(
+            f"done: {result['epoch']} epochs, {result['iteration']} iterations, best AP {result['best_ap']:.4f}, "
+            f"{time.time() - start:.0f} s"
+        )
     return 0
 
 
@@ -97,7 +99,9 @@ def _cmd_val(args: argparse.Namespace) -> int:
     write_json_atomic(out_dir / "predictions.json", results)
     write_json_atomic(out_dir / "metrics.json", metrics)
     print(format_summary(metrics))
-    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.json'} ({len(val_ds)} images, {metrics['seconds']} s)")
+    print(
+        f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.json'} ({len(val_ds)} images, {metrics['seconds']} s)"
+    )
     if args.draw:
         _draw_dataset(val_ds, detections, model.class_names, out_dir / "images", args.score_thr, args.draw)
     return 0
@@ -110,7 +114,9 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
         if path.is_dir():
             files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         elif any(ch in item for ch in "*?["):
-            files += sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(
+                Path(p) for p in glob.glob(item, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES
+            )
         elif path.is_file():
             files.append(path)
         else:
@@ -120,7 +126,9 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def draw_detections(image: torch.Tensor, det: dict, class_names: Sequence[str] | None, score_thr: float) -> torch.Tensor:
+def draw_detections(
+    image: torch.Tensor, det: dict, class_names: Sequence[str] | None, score_thr: float
+) -> torch.Tensor:
     """``uint8 [3, H, W]`` image with the detections above ``score_thr`` drawn (torchvision)."""
     from torchvision.utils import draw_bounding_boxes
 
@@ -168,14 +176,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             (det,) = model([image.to(device).float()])
         det = {k: v.cpu() for k, v in det.items()}
         keep = det["scores"] > args.score_thr
-        records.append({
-            "file": str(path),
-            "detections": [
-                {"bbox_xyxy": [float(c) for c in box], "score": float(score), "label": int(label),
-                 "class_name": model.class_names[int(label)] if model.class_names else None}
-                for box, score, label in zip(det["boxes"][keep], det["scores"][keep], det["labels"][keep])
-            ],
-        })
+        records.append(
+            {
+                "file": str(path),
+                "detections": [
+                    {
+                        "bbox_xyxy": [float(c) for c in box],
+                        "score": float(score),
+                        "label": int(label),
+                        "class_name": model.class_names[int(label)] if model.class_names else None,
+                    }
+                    for box, score, label in zip(det["boxes"][keep], det["scores"][keep], det["labels"][keep])
+                ],
+            }
+        )
         if not args.no_draw:
             _save_png(draw_detections(image, det, model.class_names, args.score_thr), out_dir / (path.stem + ".png"))
         print(f"{path}: {int(keep.sum())} detections above {args.score_thr}")
@@ -255,8 +269,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("convert", help="MMDetection VFNet checkpoint → varifocal format, or a varifocal "
-                                       "training checkpoint → inference-only weights")
+    p = sub.add_parser(
+        "convert",
+        help="MMDetection VFNet checkpoint → varifocal format, or a varifocal "
+        "training checkpoint → inference-only weights",
+    )
     p.add_argument("src", help="MMDetection or varifocal checkpoint (.pth)")
     p.add_argument("dst", help="output file")
     p.add_argument("--model", default=None, help="builder name (default: inferred from the keys)")

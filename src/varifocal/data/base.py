@@ -274,16 +274,28 @@ class DetectionDataset(Dataset):
         images, annotations = [], []
         for record in self.records:
             images.append(
-                {"id": record.image_id, "file_name": os.path.basename(record.file_name),
-                 "width": record.width, "height": record.height}
+                {
+                    "id": record.image_id,
+                    "file_name": os.path.basename(record.file_name),
+                    "width": record.width,
+                    "height": record.height,
+                }
             )
-            for boxes, labels, crowd in ((record.boxes, record.labels, 0), (record.crowd_boxes, record.crowd_labels, 1)):
+            for boxes, labels, crowd in (
+                (record.boxes, record.labels, 0),
+                (record.crowd_boxes, record.crowd_labels, 1),
+            ):
                 for box, label in zip(boxes.tolist(), labels.tolist()):
                     w, h = box[2] - box[0], box[3] - box[1]
                     annotations.append(
-                        {"id": len(annotations) + 1, "image_id": record.image_id,
-                         "category_id": self.cat_ids[label], "bbox": [box[0], box[1], w, h],
-                         "area": w * h, "iscrowd": crowd}
+                        {
+                            "id": len(annotations) + 1,
+                            "image_id": record.image_id,
+                            "category_id": self.cat_ids[label],
+                            "bbox": [box[0], box[1], w, h],
+                            "area": w * h,
+                            "iscrowd": crowd,
+                        }
                     )
         categories = [{"id": c, "name": n} for c, n in zip(self.cat_ids, self.class_names)]
         return {"images": images, "annotations": annotations, "categories": categories}

@@ -101,7 +101,9 @@ def validate_coco_dict(data: Any, source: str, require_annotations: bool = True)
             raise DataError(f"{source}: annotation id {aid} appears twice")
         ann_ids.add(aid)
         if not _is_int(ann.get("image_id")) or ann["image_id"] not in image_ids:
-            raise DataError(f"{source}: annotation id {aid} has image_id {ann.get('image_id')!r}, which is not in 'images'")
+            raise DataError(
+                f"{source}: annotation id {aid} has image_id {ann.get('image_id')!r}, which is not in 'images'"
+            )
         if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
             raise DataError(
                 f"{source}: annotation id {aid} has category_id {ann.get('category_id')!r}, which is not in 'categories'"

@@ -51,7 +51,9 @@ def load_image(path: str | os.PathLike) -> Tensor:
     global _warned_truncated
     if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
         _warned_truncated = True
-        logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code): truncated images load silently")
+        logger.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code): truncated images load silently"
+        )
     try:
         with Image.open(path) as im:
             im.load()

@@ -17,9 +17,26 @@ __all__ = ["VOCDetection", "VOC_CLASSES"]
 
 #: The 20 PASCAL VOC classes in the customary (alphabetical) order: label k is the k-th name.
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -137,14 +154,18 @@ class VOCDetection(DetectionDataset):
             where = f"object #{k}"
             cls = _xml_text(obj, "name", where, xml_file)
             if cls not in label_of:
-                raise DataError(f"{xml_file}: {where} has class '{cls}', which is not in class_names {self.class_names}")
+                raise DataError(
+                    f"{xml_file}: {where} has class '{cls}', which is not in class_names {self.class_names}"
+                )
             difficult = obj.find("difficult")
             is_difficult = difficult is not None and (difficult.text or "0").strip() not in ("0", "")
             bndbox = obj.find("bndbox")
             if bndbox is None:
                 raise DataError(f"{xml_file}: {where} has no <bndbox>")
             try:
-                x1, y1, x2, y2 = (float(_xml_text(bndbox, t, where, xml_file)) for t in ("xmin", "ymin", "xmax", "ymax"))
+                x1, y1, x2, y2 = (
+                    float(_xml_text(bndbox, t, where, xml_file)) for t in ("xmin", "ymin", "xmax", "ymax")
+                )
             except ValueError:
                 raise DataError(f"{xml_file}: {where} has a non-numeric <bndbox> coordinate") from None
             if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):

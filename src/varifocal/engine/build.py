@@ -22,14 +22,29 @@ def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[A
     test_tf = build_test_transforms(tuple(cfg.model.test_scale))
     if d.format == "coco":
         if train:
-            train_ds = CocoDetection(d.path(d.train_images), d.path(d.train_ann), train_tf, d.skip_bad_images,
-                                     drop_empty=d.drop_empty, min_size=d.min_size, seed=cfg.train.seed)
+            train_ds = CocoDetection(
+                d.path(d.train_images),
+                d.path(d.train_ann),
+                train_tf,
+                d.skip_bad_images,
+                drop_empty=d.drop_empty,
+                min_size=d.min_size,
+                seed=cfg.train.seed,
+            )
         if val:
             val_ds = CocoDetection(d.path(d.val_images), d.path(d.val_ann), test_tf, d.skip_bad_images)
     else:
         if train:
-            train_ds = VOCDetection(d.root, d.train_set, d.class_names, train_tf, d.skip_bad_images,
-                                    drop_empty=d.drop_empty, min_size=d.min_size, seed=cfg.train.seed)
+            train_ds = VOCDetection(
+                d.root,
+                d.train_set,
+                d.class_names,
+                train_tf,
+                d.skip_bad_images,
+                drop_empty=d.drop_empty,
+                min_size=d.min_size,
+                seed=cfg.train.seed,
+            )
         if val:
             val_ds = VOCDetection(d.root, d.val_set, d.class_names, test_tf, d.skip_bad_images)
     return train_ds, val_ds

@@ -16,8 +16,14 @@ __all__ = ["run_inference", "evaluate"]
 
 
 @torch.no_grad()
-def run_inference(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 1, num_workers: int = 0,
-                  progress: bool = False) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+def run_inference(
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     """Detections of ``model`` on every image of ``dataset`` (its transforms must resize only).
 
     Returns:
@@ -45,8 +51,14 @@ def run_inference(model: nn.Module, dataset: Any, device: torch.device, batch_si
     return detections, image_ids
 
 
-def evaluate(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 1, num_workers: int = 0,
-             progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
     """COCO bbox metrics of ``model`` on ``dataset`` (spec §5.3).
 
     Returns:

@@ -44,14 +44,24 @@ def build_param_groups(
             elif name == "bias":
                 group_lr, group_wd = lr * bias_lr_mult, weight_decay * bias_decay_mult
             groups.append(
-                {"params": [param], "lr": group_lr, "initial_lr": group_lr, "weight_decay": group_wd,
-                 "name": f"{mod_name}.{name}" if mod_name else name}
+                {
+                    "params": [param],
+                    "lr": group_lr,
+                    "initial_lr": group_lr,
+                    "weight_decay": group_wd,
+                    "name": f"{mod_name}.{name}" if mod_name else name,
+                }
             )
     return groups
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, momentum: float, weight_decay: float, bias_lr_mult: float = 2.0, bias_decay_mult: float = 0.0
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    bias_lr_mult: float = 2.0,
+    bias_decay_mult: float = 0.0,
 ) -> torch.optim.SGD:
     """SGD (no Nesterov) over :func:`build_param_groups`."""
     groups = build_param_groups(model, lr, weight_decay, bias_lr_mult, bias_decay_mult)
@@ -81,5 +91,7 @@ def lr_factor(
         raise ValueError(f"warmup must be 'linear' or 'constant', got {warmup!r}")
     factor = gamma ** sum(1 for s in steps if epoch >= s)
     if iteration < warmup_iters:
-        factor *= warmup_ratio if warmup == "constant" else 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
+        factor *= (
+            warmup_ratio if warmup == "constant" else 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
+        )
     return factor

@@ -69,10 +69,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-
 # ------------------------------------------------------------------------------ resume
-def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            use_amp: bool) -> tuple[int, int, float]:
+def restore(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, use_amp: bool
+) -> tuple[int, int, float]:
     """Load a ``last.pth`` of :func:`save_last` into ``model``, ``optimizer``, ``scaler`` (when
     ``use_amp``) and the global RNGs.
 
@@ -93,22 +93,53 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scal
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def save_best(path: Path, model: nn.Module, cfg: Config, model_kwargs: dict[str, Any], class_info: dict[str, Any],
-              epoch: int, ap: float) -> None:
+def save_best(
+    path: Path,
+    model: nn.Module,
+    cfg: Config,
+    model_kwargs: dict[str, Any],
+    class_info: dict[str, Any],
+    epoch: int,
+    ap: float,
+) -> None:
     """Write ``best.pth`` atomically: the model after ``epoch`` completed epochs, with its AP."""
-    save_checkpoint(path, model, model_name=cfg.model.name, model_kwargs=model_kwargs,
-                    meta={"epoch": epoch, "AP": ap, **class_info, "config": config_to_dict(cfg)})
+    save_checkpoint(
+        path,
+        model,
+        model_name=cfg.model.name,
+        model_kwargs=model_kwargs,
+        meta={"epoch": epoch, "AP": ap, **class_info, "config": config_to_dict(cfg)},
+    )
 
 
-def save_last(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-              cfg: Config, model_kwargs: dict[str, Any], class_info: dict[str, Any], epoch: int, iteration: int,
-              best_ap: float) -> None:
+def save_last(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: Config,
+    model_kwargs: dict[str, Any],
+    class_info: dict[str, Any],
+    epoch: int,
+    iteration: int,
+    best_ap: float,
+) -> None:
     """Write ``last.pth`` atomically: everything :func:`restore` needs to continue after
     ``epoch`` completed epochs and ``iteration`` iterations (the RNG states are taken now)."""
     save_checkpoint(
-        path, model, model_name=cfg.model.name, model_kwargs=model_kwargs,
+        path,
+        model,
+        model_name=cfg.model.name,
+        model_kwargs=model_kwargs,
         meta={"epoch": epoch, **class_info, "config": config_to_dict(cfg)},
-        extra={"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-               "iteration": iteration, "best_ap": best_ap, "rng": _rng_state(),
-               "config": config_to_dict(cfg), **class_info},
+        extra={
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "iteration": iteration,
+            "best_ap": best_ap,
+            "rng": _rng_state(),
+            "config": config_to_dict(cfg),
+            **class_info,
+        },
     )

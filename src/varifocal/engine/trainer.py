@@ -32,8 +32,15 @@ from .evaluate import evaluate, run_inference
 from .optim import build_optimizer, lr_factor
 from .state import _seed_everything, _setup_distributed
 
-__all__ = ["TrainingError", "train", "train_one_epoch", "evaluate", "build_datasets", "model_from_config",
-           "run_inference"]
+__all__ = [
+    "TrainingError",
+    "train",
+    "train_one_epoch",
+    "evaluate",
+    "build_datasets",
+    "model_from_config",
+    "run_inference",
+]
 
 
 class TrainingError(RuntimeError):
@@ -82,7 +89,6 @@ class _Logger:
             print(text, flush=True)
 
 
-
 # ------------------------------------------------------------------------------ training
 def train(cfg: Config, resume: bool = False, max_iters: int | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` with the recipe of ``cfg.train`` (spec §6).
@@ -117,18 +123,49 @@ def train(cfg: Config, resume: bool = False, max_iters: int | None = None) -> di
     last_metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, t.epochs):
         loader = _epoch_loader(train_ds, sampler, epoch, cfg.data.num_workers)
-        iteration = train_one_epoch(model, loss_module, loader, optimizer, scaler, device, epoch, iteration, cfg,
-                                    log, use_amp=use_amp, last_path=out_dir / "last.pth", max_iters=max_iters)
+        iteration = train_one_epoch(
+            model,
+            loss_module,
+            loader,
+            optimizer,
+            scaler,
+            device,
+            epoch,
+            iteration,
+            cfg,
+            log,
+            use_amp=use_amp,
+            last_path=out_dir / "last.pth",
+            max_iters=max_iters,
+        )
         if max_iters is not None and iteration >= max_iters:
             break
         if is_main:  # the main process evaluates and writes; the others wait
             last_metrics, best_ap = _evaluate_and_checkpoint(
-                cfg, model, optimizer, scaler, val_ds, device, out_dir, log, epoch, iteration, best_ap,
-                last_metrics, class_info, model_kwargs)
+                cfg,
+                model,
+                optimizer,
+                scaler,
+                val_ds,
+                device,
+                out_dir,
+                log,
+                epoch,
+                iteration,
+                best_ap,
+                last_metrics,
+                class_info,
+                model_kwargs,
+            )
         if world > 1:
             torch.distributed.barrier()
-    return {"epoch": epoch + 1 if t.epochs > start_epoch else start_epoch, "iteration": iteration,
-            "best_ap": best_ap, "last_metrics": last_metrics, "model": model}
+    return {
+        "epoch": epoch + 1 if t.epochs > start_epoch else start_epoch,
+        "iteration": iteration,
+        "best_ap": best_ap,
+        "last_metrics": last_metrics,
+        "model": model,
+    }
 
 
 # ------------------------------------------------------------------------------ steps of train()
@@ -149,12 +186,15 @@ def _build_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any, AspectRat
             f"model.num_classes={cfg.model.num_classes} but {train_ds.source} has {train_ds.num_classes} classes "
             f"({', '.join(train_ds.class_names[:5])}…); set model.num_classes={train_ds.num_classes}"
         )
-    sampler = AspectRatioGroupedBatchSampler(train_ds, t.batch_size, shuffle=True, seed=t.seed, rank=rank, world_size=world)
+    sampler = AspectRatioGroupedBatchSampler(
+        train_ds, t.batch_size, shuffle=True, seed=t.seed, rank=rank, world_size=world
+    )
     return train_ds, val_ds, sampler
 
 
-def _build_model_and_optimizer(cfg: Config, train_ds: Any, device: torch.device, world: int) -> tuple[
-        nn.Module, nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, bool]:
+def _build_model_and_optimizer(
+    cfg: Config, train_ds: Any, device: torch.device, world: int
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, bool]:
     """``(model, loss_module, optimizer, scaler, use_amp)``; ``loss_module`` computes the
     losses of ``model`` and is DDP-wrapped when ``world > 1``; AMP only on CUDA."""
     t = cfg.train
@@ -171,8 +211,15 @@ def _build_model_and_optimizer(cfg: Config, train_ds: Any, device: torch.device,
     return model, loss_module, optimizer, scaler, use_amp
 
 
-def _resume(cfg: Config, out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, use_amp: bool, log: _Logger) -> tuple[int, int, float]:
+def _resume(
+    cfg: Config,
+    out_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    use_amp: bool,
+    log: _Logger,
+) -> tuple[int, int, float]:
     """``(start_epoch, iteration, best_ap)`` restored from ``cfg.train.resume`` or ``last.pth``."""
     resume_path = Path(cfg.train.resume) if cfg.train.resume else out_dir / "last.pth"
     if not resume_path.is_file():
@@ -189,10 +236,22 @@ def _epoch_loader(train_ds: Any, sampler: AspectRatioGroupedBatchSampler, epoch:
     return DataLoader(train_ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate)
 
 
-def _evaluate_and_checkpoint(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             scaler: torch.amp.GradScaler, val_ds: Any, device: torch.device, out_dir: Path,
-                             log: _Logger, epoch: int, iteration: int, best_ap: float, last_metrics: dict[str, Any],
-                             class_info: dict[str, Any], model_kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
+def _evaluate_and_checkpoint(
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    val_ds: Any,
+    device: torch.device,
+    out_dir: Path,
+    log: _Logger,
+    epoch: int,
+    iteration: int,
+    best_ap: float,
+    last_metrics: dict[str, Any],
+    class_info: dict[str, Any],
+    model_kwargs: dict[str, Any],
+) -> tuple[dict[str, Any], float]:
     """After epoch ``epoch`` (0-based): evaluate every ``eval_interval`` epochs and at the end
     (``best.pth`` when AP improves), write ``last.pth`` every ``checkpoint_interval`` epochs and
     at the end. Returns the updated ``(last_metrics, best_ap)``."""
@@ -206,16 +265,28 @@ def _evaluate_and_checkpoint(cfg: Config, model: nn.Module, optimizer: torch.opt
             best_ap = ap
             state.save_best(out_dir / "best.pth", model, cfg, model_kwargs, class_info, epoch + 1, ap)
     if (epoch + 1) % t.checkpoint_interval == 0 or epoch + 1 == t.epochs:
-        state.save_last(out_dir / "last.pth", model, optimizer, scaler, cfg, model_kwargs, class_info, epoch + 1,
-                        iteration, best_ap)
+        state.save_last(
+            out_dir / "last.pth", model, optimizer, scaler, cfg, model_kwargs, class_info, epoch + 1, iteration, best_ap
+        )
     return last_metrics, best_ap
 
 
 # ------------------------------------------------------------------------------ one epoch
-def train_one_epoch(model: nn.Module, loss_module: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, device: torch.device, epoch: int, iteration: int, cfg: Config,
-                    log: _Logger, use_amp: bool = False, last_path: Path | None = None,
-                    max_iters: int | None = None) -> int:
+def train_one_epoch(
+    model: nn.Module,
+    loss_module: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    epoch: int,
+    iteration: int,
+    cfg: Config,
+    log: _Logger,
+    use_amp: bool = False,
+    last_path: Path | None = None,
+    max_iters: int | None = None,
+) -> int:
     """One pass over ``loader`` (epoch ``epoch``, 0-based), starting at global ``iteration``.
 
     Per batch: the learning rate of the schedule (spec §6), forward under autocast when
@@ -247,8 +318,9 @@ def train_one_epoch(model: nn.Module, loss_module: nn.Module, loader: DataLoader
         iteration += 1
 
         if log.enabled and (iteration % t.log_interval == 0 or step == iters_per_epoch - 1):
-            _log_step(log, progress, losses, loss, optimizer, epoch, t.epochs, iteration, step, iters_per_epoch,
-                      epoch_start)
+            _log_step(
+                log, progress, losses, loss, optimizer, epoch, t.epochs, iteration, step, iters_per_epoch, epoch_start
+            )
         if progress is not None:
             progress.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items()}, refresh=False)
             progress.update(1)
@@ -274,8 +346,15 @@ def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
     return None
 
 
-def _forward(model: nn.Module, loss_module: nn.Module, images: list[torch.Tensor], targets: list[dict],
-             metas: list[dict], device: torch.device, use_amp: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _forward(
+    model: nn.Module,
+    loss_module: nn.Module,
+    images: list[torch.Tensor],
+    targets: list[dict],
+    metas: list[dict],
+    device: torch.device,
+    use_amp: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``(losses, total loss)`` of one batch (padded by ``model.preprocessor``)."""
     batch, metas = model.preprocessor.pad_batch([im.to(device) for im in images], metas)
     gt_bboxes = [tg["boxes"].to(device) for tg in targets]
@@ -285,8 +364,9 @@ def _forward(model: nn.Module, loss_module: nn.Module, images: list[torch.Tensor
     return losses, sum(losses.values())
 
 
-def _check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, epoch: int, iteration: int,
-                  last_path: Path | None) -> None:
+def _check_finite(
+    losses: dict[str, torch.Tensor], loss: torch.Tensor, epoch: int, iteration: int, last_path: Path | None
+) -> None:
     if not torch.isfinite(loss):
         values = {k: float(v.detach()) for k, v in losses.items()}
         raise TrainingError(
@@ -295,8 +375,13 @@ def _check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, epoch: in
         )
 
 
-def _backward_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                       loss: torch.Tensor, grad_clip: float) -> None:
+def _backward_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss: torch.Tensor,
+    grad_clip: float,
+) -> None:
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip:
@@ -306,9 +391,19 @@ def _backward_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, scale
     scaler.update()
 
 
-def _log_step(log: _Logger, progress: Any, losses: dict[str, torch.Tensor], loss: torch.Tensor,
-              optimizer: torch.optim.Optimizer, epoch: int, epochs: int, iteration: int, step: int,
-              iters_per_epoch: int, epoch_start: float) -> None:
+def _log_step(
+    log: _Logger,
+    progress: Any,
+    losses: dict[str, torch.Tensor],
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    epochs: int,
+    iteration: int,
+    step: int,
+    iters_per_epoch: int,
+    epoch_start: float,
+) -> None:
     """A ``train`` record in the metrics; a plain progress line when there is no tqdm bar."""
     values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
     values.update(loss=round(float(loss.detach()), 5), lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1)
@@ -316,5 +411,6 @@ def _log_step(log: _Logger, progress: Any, losses: dict[str, torch.Tensor], loss
     if progress is None:
         eta = (time.time() - epoch_start) / (step + 1) * (iters_per_epoch - step - 1)
         terms = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k.startswith("loss"))
-        log.print(f"epoch {epoch + 1}/{epochs} iter {step + 1}/{iters_per_epoch} {terms} "
-                  f"lr {values['lr']:.5f} eta {eta:.0f}s")
+        log.print(
+            f"epoch {epoch + 1}/{epochs} iter {step + 1}/{iters_per_epoch} {terms} lr {values['lr']:.5f} eta {eta:.0f}s"
+        )

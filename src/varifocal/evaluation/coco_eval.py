@@ -46,10 +46,18 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 # (AP or AR, IoU label, area, maxDets) of each of the 12 summary lines.
 _SUMMARY_ROWS = (
-    (True, "0.50:0.95", "all", 100), (True, "0.50", "all", 100), (True, "0.75", "all", 100),
-    (True, "0.50:0.95", "small", 100), (True, "0.50:0.95", "medium", 100), (True, "0.50:0.95", "large", 100),
-    (False, "0.50:0.95", "all", 1), (False, "0.50:0.95", "all", 10), (False, "0.50:0.95", "all", 100),
-    (False, "0.50:0.95", "small", 100), (False, "0.50:0.95", "medium", 100), (False, "0.50:0.95", "large", 100),
+    (True, "0.50:0.95", "all", 100),
+    (True, "0.50", "all", 100),
+    (True, "0.75", "all", 100),
+    (True, "0.50:0.95", "small", 100),
+    (True, "0.50:0.95", "medium", 100),
+    (True, "0.50:0.95", "large", 100),
+    (False, "0.50:0.95", "all", 1),
+    (False, "0.50:0.95", "all", 10),
+    (False, "0.50:0.95", "all", 100),
+    (False, "0.50:0.95", "small", 100),
+    (False, "0.50:0.95", "medium", 100),
+    (False, "0.50:0.95", "large", 100),
 )
 
 
@@ -143,7 +151,12 @@ def detections_to_coco(
         image_id = int(image_id)
         for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
             out.append(
-                {"image_id": image_id, "category_id": cat_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+                {
+                    "image_id": image_id,
+                    "category_id": cat_ids[label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": score,
+                }
             )
     return out
 
@@ -160,8 +173,12 @@ def write_predictions(
     """
     write_json_atomic(
         path,
-        {"format": "varifocal-coco-detections", "class_names": list(class_names),
-         "cat_ids": [int(c) for c in cat_ids], "detections": detections},
+        {
+            "format": "varifocal-coco-detections",
+            "class_names": list(class_names),
+            "cat_ids": [int(c) for c in cat_ids],
+            "detections": detections,
+        },
     )
 
 
@@ -326,7 +343,9 @@ class CocoEvaluator:
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(f"{source}: cannot read predictions file ({type(exc).__name__})") from None
             except json.JSONDecodeError as exc:
-                raise DataError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+                raise DataError(
+                    f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                ) from None
         else:
             source, data = "<predictions>", predictions
         if isinstance(data, dict):
@@ -349,7 +368,9 @@ class CocoEvaluator:
                 if key not in d:
                     raise DataError(f"{source}: detection #{i} has no '{key}'")
             if not _is_int(d["image_id"]) or d["image_id"] not in image_ids:
-                raise DataError(f"{source}: detection #{i} has image_id {d['image_id']!r}, which is not in {self.source}")
+                raise DataError(
+                    f"{source}: detection #{i} has image_id {d['image_id']!r}, which is not in {self.source}"
+                )
             if not _is_int(d["category_id"]) or d["category_id"] not in cat_ids:
                 raise DataError(
                     f"{source}: detection #{i} has category_id {d['category_id']!r}, which is not among the evaluated "
@@ -357,7 +378,8 @@ class CocoEvaluator:
                 )
             bbox, score = d["bbox"], d["score"]
             if (
-                not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                not isinstance(bbox, (list, tuple))
+                or len(bbox) != 4
                 or not all(_is_real(v) and math.isfinite(v) for v in bbox)
             ):
                 raise DataError(f"{source}: detection #{i} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
@@ -366,7 +388,9 @@ class CocoEvaluator:
 
     # ---- evaluation ------------------------------------------------------------------------
 
-    def evaluate(self, predictions: list[dict[str, Any]] | str | os.PathLike, image_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, predictions: list[dict[str, Any]] | str | os.PathLike, image_ids: Sequence[int] | None = None
+    ) -> dict[str, Any]:
         """Run bbox COCOeval.
 
         Args:
@@ -455,8 +479,15 @@ class CocoEvaluator:
                 ap50 = mean_valid(precision[i50, :, k, 0, -1])
                 ap75 = mean_valid(precision[i75, :, k, 0, -1])
             rows.append(
-                {"name": name, "category_id": cid, "AP": ap, "AP50": ap50, "AP75": ap75,
-                 "num_gt": num_gt[cid], "num_dets": num_dets[cid]}
+                {
+                    "name": name,
+                    "category_id": cid,
+                    "AP": ap,
+                    "AP50": ap50,
+                    "AP75": ap75,
+                    "num_gt": num_gt[cid],
+                    "num_dets": num_dets[cid],
+                }
             )
         return rows
 

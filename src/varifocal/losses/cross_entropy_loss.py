@@ -81,17 +81,11 @@ class CrossEntropyLoss(nn.Module):
     @staticmethod
     def _check_labels(labels: Tensor, n: int) -> None:
         if labels.shape != (n,):
-            raise ValueError(
-                f"cross_entropy_loss.py: labels must be [{n}], got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"cross_entropy_loss.py: labels must be [{n}], got {tuple(labels.shape)}")
         if torch.is_floating_point(labels) or labels.dtype == torch.bool:
-            raise TypeError(
-                f"cross_entropy_loss.py: labels must be an integer tensor, got {labels.dtype}"
-            )
+            raise TypeError(f"cross_entropy_loss.py: labels must be an integer tensor, got {labels.dtype}")
 
-    def _sigmoid(
-        self, pred: Tensor, target: Tensor, weight: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
+    def _sigmoid(self, pred: Tensor, target: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor | None]:
         integer_labels = not torch.is_floating_point(target) and target.dtype != torch.bool
         if not (integer_labels and pred.dim() == 2 and target.dim() == 1):
             # Soft (or 0/1) targets of pred's shape.
@@ -120,29 +114,21 @@ class CrossEntropyLoss(nn.Module):
         valid = (target >= 0).to(pred.dtype)[:, None]  # negative label: weight 0
         if weight is not None:
             if weight.shape != (n,):
-                raise ValueError(
-                    f"cross_entropy_loss.py: weight must be [{n}], got {tuple(weight.shape)}"
-                )
+                raise ValueError(f"cross_entropy_loss.py: weight must be [{n}], got {tuple(weight.shape)}")
             row_weight = weight.to(pred.dtype)[:, None] * valid
         else:
             row_weight = valid
         loss = F.binary_cross_entropy_with_logits(pred, one_hot, reduction="none")
         return loss, row_weight.expand(n, num_classes)
 
-    def _softmax(
-        self, pred: Tensor, labels: Tensor, weight: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
+    def _softmax(self, pred: Tensor, labels: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if pred.dim() != 2:
-            raise ValueError(
-                f"cross_entropy_loss.py: softmax needs pred [N, C+1], got {tuple(pred.shape)}"
-            )
+            raise ValueError(f"cross_entropy_loss.py: softmax needs pred [N, C+1], got {tuple(pred.shape)}")
         n = pred.size(0)
         self._check_labels(labels, n)
         if weight is not None:
             if weight.shape != (n,):
-                raise ValueError(
-                    f"cross_entropy_loss.py: weight must be [{n}], got {tuple(weight.shape)}"
-                )
+                raise ValueError(f"cross_entropy_loss.py: weight must be [{n}], got {tuple(weight.shape)}")
             weight = weight.to(pred.dtype)
         loss = F.cross_entropy(pred, labels.long(), reduction="none", ignore_index=-100)
         return loss, weight

@@ -73,9 +73,7 @@ class FocalLoss(nn.Module):
         pred = _upcast(pred)
         classes = torch.arange(num_classes, device=labels.device)
         target = (labels[:, None] == classes[None, :]).to(pred.dtype)
-        loss = sigmoid_focal_loss(
-            pred, target, alpha=self.alpha, gamma=self.gamma, reduction="none"
-        )
+        loss = sigmoid_focal_loss(pred, target, alpha=self.alpha, gamma=self.gamma, reduction="none")
         if weight is not None:
             loss = loss * weight.to(pred.dtype)[:, None]
         return self.loss_weight * _reduce(loss, avg_factor)

@@ -62,8 +62,7 @@ class GIoULoss(nn.Module):
         """
         if pred.dim() != 2 or pred.size(-1) != 4 or pred.shape != target.shape:
             raise ValueError(
-                f"giou_loss.py: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                "must both be [N, 4]"
+                f"giou_loss.py: pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [N, 4]"
             )
         n = pred.size(0)
         if weight is not None and weight.shape != (n,):

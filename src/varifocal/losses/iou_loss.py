@@ -67,14 +67,11 @@ class IoULoss(nn.Module):
         """
         if pred.dim() != 2 or pred.size(-1) != 4 or pred.shape != target.shape:
             raise ValueError(
-                f"iou_loss.py: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                "must both be [N, 4]"
+                f"iou_loss.py: pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [N, 4]"
             )
         n = pred.size(0)
         if weight is not None and weight.shape not in ((n,), (n, 4)):
-            raise ValueError(
-                f"iou_loss.py: weight must be [{n}] or [{n}, 4], got {tuple(weight.shape)}"
-            )
+            raise ValueError(f"iou_loss.py: weight must be [{n}] or [{n}, 4], got {tuple(weight.shape)}")
 
         pred = _upcast(pred)
         target = target.to(pred.dtype)

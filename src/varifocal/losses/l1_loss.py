@@ -24,8 +24,7 @@ def _prepare_weight(name: str, pred: Tensor, weight: Tensor | None) -> Tensor | 
         return weight.to(pred.dtype).reshape((-1,) + (1,) * (pred.dim() - 1))
     rows = pred.size(0) if pred.dim() else 0
     raise ValueError(
-        f"{name}: weight must have pred's shape {tuple(pred.shape)} or be [{rows}], "
-        f"got {tuple(weight.shape)}"
+        f"{name}: weight must have pred's shape {tuple(pred.shape)} or be [{rows}], got {tuple(weight.shape)}"
     )
 
 
@@ -70,8 +69,7 @@ class _ElementwiseRegressionLoss(nn.Module):
         """
         if pred.shape != target.shape:
             raise ValueError(
-                f"{self._file}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
-                "have the same shape"
+                f"{self._file}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
             )
         pred = _upcast(pred)
         target = target.to(pred.dtype)

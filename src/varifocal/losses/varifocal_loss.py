@@ -48,8 +48,7 @@ def varifocal_loss(
     """
     if pred.shape != target.shape:
         raise ValueError(
-            f"varifocal_loss.py: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-            "must have the same shape"
+            f"varifocal_loss.py: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
         )
     pred = _upcast(pred)
     target = target.to(pred.dtype)
@@ -114,15 +113,12 @@ class VarifocalLoss(nn.Module):
         Raises:
             ValueError: ``pred`` and ``target`` differ in shape.
         """
-        loss = varifocal_loss(
-            pred, target, alpha=self.alpha, gamma=self.gamma, iou_weighted=self.iou_weighted
-        )
+        loss = varifocal_loss(pred, target, alpha=self.alpha, gamma=self.gamma, iou_weighted=self.iou_weighted)
         if weight is not None:
             loss = loss * weight.to(loss.dtype)[:, None]
         return self.loss_weight * _reduce(loss, avg_factor)
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}, "
-            f"loss_weight={self.loss_weight}"
+            f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}, loss_weight={self.loss_weight}"
         )

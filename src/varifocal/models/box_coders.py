@@ -59,9 +59,7 @@ class DeltaXYWHBBoxCoder:
         wh_ratio_clip: float = 16 / 1000,
     ) -> None:
         if len(means) != 4 or len(stds) != 4:
-            raise ValueError(
-                f"box_coders.py: means and stds need 4 entries, got {means} and {stds}"
-            )
+            raise ValueError(f"box_coders.py: means and stds need 4 entries, got {means} and {stds}")
         if any(s <= 0 for s in stds):
             raise ValueError(f"box_coders.py: stds must be > 0, got {stds}")
         if not 0.0 < wh_ratio_clip < 1.0:
@@ -94,8 +92,7 @@ class DeltaXYWHBBoxCoder:
         _check_boxes("gt_bboxes", gt_bboxes)
         if priors.size(0) != gt_bboxes.size(0):
             raise ValueError(
-                f"box_coders.py: priors and gt_bboxes differ in N: {priors.size(0)} vs "
-                f"{gt_bboxes.size(0)}"
+                f"box_coders.py: priors and gt_bboxes differ in N: {priors.size(0)} vs {gt_bboxes.size(0)}"
             )
         dtype = _compute_dtype(priors, gt_bboxes)
         p = priors.to(dtype)
@@ -108,9 +105,7 @@ class DeltaXYWHBBoxCoder:
         gcy = (g[:, 1] + g[:, 3]) * 0.5
         gw = g[:, 2] - g[:, 0]
         gh = g[:, 3] - g[:, 1]
-        deltas = torch.stack(
-            [(gcx - pcx) / pw, (gcy - pcy) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1
-        )
+        deltas = torch.stack([(gcx - pcx) / pw, (gcy - pcy) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1)
         means = deltas.new_tensor(self.means)
         stds = deltas.new_tensor(self.stds)
         return (deltas - means) / stds
@@ -142,16 +137,8 @@ class DeltaXYWHBBoxCoder:
             ValueError: ``priors`` is not ``[N, 4]``, or ``deltas`` is not ``[N, 4·k]``.
         """
         _check_boxes("priors", priors)
-        if (
-            deltas.dim() != 2
-            or deltas.size(0) != priors.size(0)
-            or deltas.size(1) == 0
-            or deltas.size(1) % 4 != 0
-        ):
-            raise ValueError(
-                f"box_coders.py: deltas must be [{priors.size(0)}, 4·k], got "
-                f"{tuple(deltas.shape)}"
-            )
+        if deltas.dim() != 2 or deltas.size(0) != priors.size(0) or deltas.size(1) == 0 or deltas.size(1) % 4 != 0:
+            raise ValueError(f"box_coders.py: deltas must be [{priors.size(0)}, 4·k], got {tuple(deltas.shape)}")
         num, cols = deltas.shape
         k = cols // 4
         dtype = _compute_dtype(priors, deltas)

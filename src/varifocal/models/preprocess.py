@@ -137,7 +137,9 @@ class Preprocessor(nn.Module):
         meta = {"ori_shape": (height, width), "img_shape": (new_h, new_w), "scale_factor": (w_scale, h_scale)}
         return image, boxes, meta
 
-    def pad_batch(self, images: Sequence[Tensor], metas: Sequence[dict[str, Any]]) -> tuple[Tensor, list[dict[str, Any]]]:
+    def pad_batch(
+        self, images: Sequence[Tensor], metas: Sequence[dict[str, Any]]
+    ) -> tuple[Tensor, list[dict[str, Any]]]:
         """Normalise already-resized images and pad them into one batch.
 
         Args:

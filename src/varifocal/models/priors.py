@@ -23,9 +23,7 @@ __all__ = ["grid_points", "AnchorGenerator", "valid_flags"]
 
 def _check_levels(featmap_sizes: Sequence[tuple[int, int]], strides: Sequence[int]) -> None:
     if len(featmap_sizes) != len(strides):
-        raise ValueError(
-            f"priors.py: got {len(featmap_sizes)} feature-map sizes for {len(strides)} strides"
-        )
+        raise ValueError(f"priors.py: got {len(featmap_sizes)} feature-map sizes for {len(strides)} strides")
     for size in featmap_sizes:
         if len(size) != 2 or int(size[0]) < 0 or int(size[1]) < 0:
             raise ValueError(f"priors.py: a feature-map size must be (H, W) >= 0, got {size}")
@@ -169,21 +167,13 @@ class AnchorGenerator:
         octave = (octave_base_scale is not None, scales_per_octave is not None)
         if scales is not None:
             if any(octave):
-                raise ValueError(
-                    "priors.py: give either scales or (octave_base_scale, scales_per_octave), "
-                    "not both"
-                )
+                raise ValueError("priors.py: give either scales or (octave_base_scale, scales_per_octave), not both")
             if len(scales) == 0 or any(s <= 0 for s in scales):
-                raise ValueError(
-                    f"priors.py: scales must be a non-empty list of > 0, got {scales}"
-                )
+                raise ValueError(f"priors.py: scales must be a non-empty list of > 0, got {scales}")
             scale_values = [float(s) for s in scales]
         else:
             if not all(octave):
-                raise ValueError(
-                    "priors.py: give either scales or both octave_base_scale and "
-                    "scales_per_octave"
-                )
+                raise ValueError("priors.py: give either scales or both octave_base_scale and scales_per_octave")
             if octave_base_scale <= 0 or int(scales_per_octave) < 1:
                 raise ValueError(
                     "priors.py: octave_base_scale must be > 0 and scales_per_octave >= 1, got "
@@ -194,9 +184,7 @@ class AnchorGenerator:
         if base_sizes is None:
             base_sizes = list(strides)
         elif len(base_sizes) != len(strides):
-            raise ValueError(
-                f"priors.py: got {len(base_sizes)} base sizes for {len(strides)} strides"
-            )
+            raise ValueError(f"priors.py: got {len(base_sizes)} base sizes for {len(strides)} strides")
 
         self.strides = list(strides)
         self.base_sizes = list(base_sizes)
@@ -219,9 +207,7 @@ class AnchorGenerator:
         w_ratios = 1.0 / h_ratios  # 1/√r
         ws = (base_size * w_ratios[:, None] * self.scales[None, :]).reshape(-1)
         hs = (base_size * h_ratios[:, None] * self.scales[None, :]).reshape(-1)
-        return torch.stack(
-            [center - 0.5 * ws, center - 0.5 * hs, center + 0.5 * ws, center + 0.5 * hs], dim=-1
-        )
+        return torch.stack([center - 0.5 * ws, center - 0.5 * hs, center + 0.5 * ws, center + 0.5 * hs], dim=-1)
 
     def grid_anchors(
         self,
@@ -264,9 +250,7 @@ class AnchorGenerator:
         Returns:
             One bool ``[H_l·W_l·A]`` tensor per level.
         """
-        return valid_flags(
-            featmap_sizes, self.strides, pad_shape, self.num_base_anchors, device=device
-        )
+        return valid_flags(featmap_sizes, self.strides, pad_shape, self.num_base_anchors, device=device)
 
     def __repr__(self) -> str:
         return (

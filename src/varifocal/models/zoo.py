@@ -35,7 +35,9 @@ def _variant(builder: Callable[..., nn.Module], args: dict[str, Any]) -> Callabl
     return build
 
 
-def _family(builder: Callable[..., nn.Module], variants: dict[str, dict[str, Any]]) -> dict[str, Callable[..., nn.Module]]:
+def _family(
+    builder: Callable[..., nn.Module], variants: dict[str, dict[str, Any]]
+) -> dict[str, Callable[..., nn.Module]]:
     return {name: _variant(builder, args) for name, args in variants.items()}
 
 
@@ -109,6 +111,7 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
     Raises:
         ValueError: a head or trunk this package does not build.
     """
+
     def shape0(key: str) -> int:
         return int(state_dict[key].shape[0])
 
@@ -121,7 +124,9 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
     elif "bbox_head.atss_cls.weight" in state_dict:
         family, num_classes = "atss", shape0("bbox_head.atss_cls.weight")
     elif "bbox_head.conv_centerness.weight" in state_dict or "bbox_head.fcos_centerness.weight" in state_dict:
-        cls_key = "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fcos_cls.weight"
+        cls_key = (
+            "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fcos_cls.weight"
+        )
         family, num_classes = "fcos", shape0(cls_key)
     else:
         heads = sorted({k.split(".")[1] for k in state_dict if k.startswith("bbox_head.")})[:6]

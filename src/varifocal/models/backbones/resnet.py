@@ -55,9 +55,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = _bn(planes)
@@ -115,9 +113,7 @@ class Bottleneck(nn.Module):
                 width, width, 3, stride=stride, padding=1, groups=groups, deform_groups=1
             )
         else:
-            self.conv2 = nn.Conv2d(
-                width, width, 3, stride=stride, padding=1, groups=groups, bias=False
-            )
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
         self.bn2 = _bn(width)
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = _bn(planes * self.expansion)
@@ -199,13 +195,10 @@ class ResNet(nn.Module):
         if len(stage_with_dcn) != 4:
             raise ValueError(f"ResNet: stage_with_dcn needs 4 flags, got {stage_with_dcn}")
         if block is BasicBlock and (groups != 1 or base_width != 64 or any(stage_with_dcn)):
-            raise ValueError(
-                f"ResNet-{depth}: BasicBlock supports only groups=1, base_width=64 and no DCN"
-            )
+            raise ValueError(f"ResNet-{depth}: BasicBlock supports only groups=1, base_width=64 and no DCN")
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(i not in (0, 1, 2, 3) for i in out_indices):
-            raise ValueError(f"ResNet: out_indices must be a non-empty subset of 0..3, got "
-                             f"{out_indices}")
+            raise ValueError(f"ResNet: out_indices must be a non-empty subset of 0..3, got {out_indices}")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"ResNet: frozen_stages must be in -1..4, got {frozen_stages}")
         self.depth = depth
@@ -227,9 +220,7 @@ class ResNet(nn.Module):
         stage_channels = []
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
-            stage, inplanes = self._make_stage(
-                block, inplanes, planes, blocks, stride, stage_with_dcn[i]
-            )
+            stage, inplanes = self._make_stage(block, inplanes, planes, blocks, stride, stage_with_dcn[i])
             self.add_module(f"layer{i + 1}", stage)
             stage_channels.append(inplanes)
         self.out_channels = [stage_channels[i] for i in out_indices]
@@ -250,11 +241,12 @@ class ResNet(nn.Module):
         outplanes = planes * block.expansion
         downsample = None
         if stride != 1 or inplanes != outplanes:
-            downsample = nn.Sequential(
-                nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), _bn(outplanes)
-            )
-        extra = {} if block is BasicBlock else {
-            "groups": self.groups, "base_width": self.base_width, "dcn": dcn, "style": self.style}
+            downsample = nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), _bn(outplanes))
+        extra = (
+            {}
+            if block is BasicBlock
+            else {"groups": self.groups, "base_width": self.base_width, "dcn": dcn, "style": self.style}
+        )
         mods = [block(inplanes, planes, stride, downsample, **extra)]
         for _ in range(1, blocks):
             mods.append(block(outplanes, planes, 1, None, **extra))
@@ -357,9 +349,7 @@ def resnext101_64x4d(**kwargs) -> ResNet:
 def _read_state_dict(path_or_url: str) -> dict[str, torch.Tensor]:
     src = str(path_or_url)
     if src.startswith(("http://", "https://")):
-        obj = torch.hub.load_state_dict_from_url(
-            src, map_location="cpu", progress=False, weights_only=True
-        )
+        obj = torch.hub.load_state_dict_from_url(src, map_location="cpu", progress=False, weights_only=True)
     else:
         if not Path(src).is_file():
             raise FileNotFoundError(f"{src}: no such checkpoint file")
@@ -371,8 +361,7 @@ def _read_state_dict(path_or_url: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{src}: expected a state_dict (dict of tensors), got "
-                         f"{type(obj).__name__}")
+        raise ValueError(f"{src}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
     return obj
 
 
@@ -398,18 +387,25 @@ def load_torchvision_weights(backbone: ResNet, path_or_url: str) -> list[str]:
     """
     src = str(path_or_url)
     sd = _read_state_dict(src)
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
     matched = [k for k in sd if k in own]
     if not matched:
-        raise ValueError(f"{src}: none of its {len(sd)} keys match the ResNet backbone "
-                         f"(e.g. {next(iter(sd), '<empty>')!r}); is it a torchvision ResNet?")
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in matched
-           if tuple(sd[k].shape) != tuple(own[k].shape)]
+        raise ValueError(
+            f"{src}: none of its {len(sd)} keys match the ResNet backbone "
+            f"(e.g. {next(iter(sd), '<empty>')!r}); is it a torchvision ResNet?"
+        )
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in matched
+        if tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     if bad:
-        raise ValueError(f"{src}: {len(bad)} mis-shaped tensors for this ResNet, first: "
-                         f"{bad[0]} (file vs model); wrong depth or width?")
+        raise ValueError(
+            f"{src}: {len(bad)} mis-shaped tensors for this ResNet, first: "
+            f"{bad[0]} (file vs model); wrong depth or width?"
+        )
     result = backbone.load_state_dict({k: sd[k] for k in matched}, strict=False)
     return sorted(result.missing_keys)
 

@@ -51,7 +51,11 @@ def retinanet(
     """
     backbone = resnet_backbone(depth, groups, base_width, False, pretrained_backbone)
     neck = FPN(
-        list(backbone.out_channels), neck_channels, num_outs=5, add_extra_convs="on_input", relu_before_extra_convs=False
+        list(backbone.out_channels),
+        neck_channels,
+        num_outs=5,
+        add_extra_convs="on_input",
+        relu_before_extra_convs=False,
     )
     head_kwargs.setdefault("feat_channels", neck_channels)
     head = RetinaHead(num_classes, in_channels=neck_channels, **head_kwargs)

@@ -38,7 +38,9 @@ class DenseHead(Protocol):
         self, outs: Any, gt_bboxes: Sequence[Tensor], gt_labels: Sequence[Tensor], img_metas: Sequence[dict[str, Any]]
     ) -> dict[str, Tensor]: ...
 
-    def predict(self, outs: Any, img_metas: Sequence[dict[str, Any]], rescale: bool = True) -> list[dict[str, Tensor]]: ...
+    def predict(
+        self, outs: Any, img_metas: Sequence[dict[str, Any]], rescale: bool = True
+    ) -> list[dict[str, Tensor]]: ...
 
 
 @runtime_checkable
@@ -54,10 +56,16 @@ class Detector(Protocol):
     class_names: list[str] | None
 
     def loss(
-        self, batch_inputs: Tensor, img_metas: Sequence[dict[str, Any]], gt_bboxes: Sequence[Tensor], gt_labels: Sequence[Tensor]
+        self,
+        batch_inputs: Tensor,
+        img_metas: Sequence[dict[str, Any]],
+        gt_bboxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
     ) -> dict[str, Tensor]: ...
 
-    def predict(self, batch_inputs: Tensor, img_metas: Sequence[dict[str, Any]], rescale: bool = True) -> list[dict[str, Tensor]]: ...
+    def predict(
+        self, batch_inputs: Tensor, img_metas: Sequence[dict[str, Any]], rescale: bool = True
+    ) -> list[dict[str, Tensor]]: ...
 
 
 class SingleStageDetector(nn.Module):

@@ -91,6 +91,10 @@ def vfnet_lite0_fpn(
         **head_kwargs: forwarded to :class:`VFNetHead`.
     """
     backbone = efficientnet_lite0(pretrained=pretrained_backbone)
-    neck = FPN(list(backbone.out_channels), fpn_channels, num_outs=5, add_extra_convs="on_output", relu_before_extra_convs=True)
-    head = VFNetHead(num_classes, in_channels=fpn_channels, feat_channels=fpn_channels, stacked_convs=stacked_convs, **head_kwargs)
+    neck = FPN(
+        list(backbone.out_channels), fpn_channels, num_outs=5, add_extra_convs="on_output", relu_before_extra_convs=True
+    )
+    head = VFNetHead(
+        num_classes, in_channels=fpn_channels, feat_channels=fpn_channels, stacked_convs=stacked_convs, **head_kwargs
+    )
     return SingleStageDetector(backbone, neck, head, Preprocessor(scale, IMAGENET_MEAN, IMAGENET_STD, 32))

@@ -5,4 +5,13 @@ from .fcos_head import FCOSHead, FCOSOutputs
 from .retina_head import RetinaHead, RetinaOutputs
 from .vfnet_head import VFNetHead, VFNetOutputs
 
-__all__ = ["ATSSHead", "ATSSOutputs", "FCOSHead", "FCOSOutputs", "RetinaHead", "RetinaOutputs", "VFNetHead", "VFNetOutputs"]
+__all__ = [
+    "ATSSHead",
+    "ATSSOutputs",
+    "FCOSHead",
+    "FCOSOutputs",
+    "RetinaHead",
+    "RetinaOutputs",
+    "VFNetHead",
+    "VFNetOutputs",
+]

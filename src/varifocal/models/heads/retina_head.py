@@ -282,7 +282,9 @@ class RetinaHead(nn.Module):
             avg_factor=float(sum(max(n, 1) for n in num_pos_all)),
         )
 
-    def vfl_targets(self, cls_score: Tensor, bbox_pred: Tensor, anchors: Tensor, labels: Tensor, bbox_targets: Tensor) -> Tensor:
+    def vfl_targets(
+        self, cls_score: Tensor, bbox_pred: Tensor, anchors: Tensor, labels: Tensor, bbox_targets: Tensor
+    ) -> Tensor:
         """IoU-aware classification targets of one level (§2.7, §8 RetinaNet row).
 
         ``T[i, c] = IoU(decode(anchor_i, δ̂_i detached), decode(anchor_i, δ*_i))`` at
@@ -342,7 +344,9 @@ class RetinaHead(nn.Module):
                 loss_cls.append(self.loss_cls(cls, targets, avg_factor=avg_factor, weight=weights))
             else:
                 loss_cls.append(self.loss_cls(cls, labels, weight=weights, avg_factor=avg_factor))
-            loss_bbox.append(self.loss_bbox(reg, t.bbox_targets[lvl], weight=t.bbox_weights[lvl], avg_factor=avg_factor))
+            loss_bbox.append(
+                self.loss_bbox(reg, t.bbox_targets[lvl], weight=t.bbox_weights[lvl], avg_factor=avg_factor)
+            )
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
     def loss(
@@ -399,5 +403,7 @@ class RetinaHead(nn.Module):
         for i, meta in enumerate(img_metas):
             scores = [flatten_level(c[i].detach().float(), self.num_classes).sigmoid() for c in outs.cls_scores]
             deltas = [flatten_level(b[i].detach().float(), 4) for b in outs.bbox_preds]
-            results.append(predict_single_image(scores, deltas, anchors, self._decode, meta, self.test_cfg, rescale=rescale))
+            results.append(
+                predict_single_image(scores, deltas, anchors, self._decode, meta, self.test_cfg, rescale=rescale)
+            )
         return results

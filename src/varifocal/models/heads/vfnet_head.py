@@ -43,7 +43,6 @@ class VFNetOutputs(NamedTuple):
     bbox_preds_refine: list[Tensor]
 
 
-
 class VFNetHead(nn.Module):
     """The VarifocalNet head (spec §2), shared across all FPN levels.
 
@@ -310,7 +309,9 @@ class VFNetHead(nn.Module):
         points = grid_points(featmap_sizes, self.strides, 0.0, device)
 
         # Flatten level-major, image-major within a level (spec §4).
-        flat_cls = torch.cat([flatten_level(c, self.num_classes).reshape(-1, self.num_classes) for c in cls_scores]).float()
+        flat_cls = torch.cat(
+            [flatten_level(c, self.num_classes).reshape(-1, self.num_classes) for c in cls_scores]
+        ).float()
         flat_init = torch.cat([flatten_level(b, 4).reshape(-1, 4) for b in bbox_preds]).float()
         flat_refine = torch.cat([flatten_level(b, 4).reshape(-1, 4) for b in bbox_preds_refine]).float()
         flat_labels = torch.cat(labels)  # [M]
@@ -375,5 +376,7 @@ class VFNetHead(nn.Module):
         for i, meta in enumerate(img_metas):
             scores = [flatten_level(c[i].detach().float(), self.num_classes).sigmoid() for c in outs.cls_scores]
             dists = [flatten_level(b[i].detach().float(), 4) for b in outs.bbox_preds_refine]
-            results.append(predict_single_image(scores, dists, points, distance2bbox, meta, self.test_cfg, rescale=rescale))
+            results.append(
+                predict_single_image(scores, dists, points, distance2bbox, meta, self.test_cfg, rescale=rescale)
+            )
         return results

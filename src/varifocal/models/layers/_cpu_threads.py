@@ -137,9 +137,7 @@ class _Threads:
 _tls = threading.local()
 
 
-def _workspace(
-    slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
-) -> Tensor:
+def _workspace(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """A scratch buffer that is reused across calls (per thread, per slot, dtype and device).
 
     The per-chunk column buffers are tens of MB. A fresh allocation of that size comes from

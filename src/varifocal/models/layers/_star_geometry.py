@@ -38,9 +38,7 @@ def _chunk_pattern(chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
         counts = torch.tensor(_TAP_NNZ, dtype=torch.int32, device=device).repeat(chunk)
         crow = torch.zeros(9 * chunk + 1, dtype=torch.int32, device=device)
         crow[1:] = counts.cumsum(0)
-        rows = torch.repeat_interleave(
-            torch.arange(9 * chunk, dtype=torch.int32, device=device), counts
-        )
+        rows = torch.repeat_interleave(torch.arange(9 * chunk, dtype=torch.int32, device=device), counts)
         hit = (crow, rows)
         if len(_pattern_cache) > 16:
             _pattern_cache.clear()
@@ -85,11 +83,13 @@ del _e, _rs, _cs
 # above).
 _SEL_READ = _SEL_ROW + _SEL_COL  # [10, 25]: the row and the column source of read e
 _SEL_ROW_COL = torch.cat([_SEL_READ, torch.zeros(2, _NNZ, dtype=torch.float64)])
-_SEL_TAP_INDEX = torch.cat([
-    _SEL_READ * 9,
-    torch.tensor([[k for k, nnz in enumerate(_TAP_NNZ) for _ in range(nnz)]], dtype=torch.float64),
-    torch.ones(1, _NNZ, dtype=torch.float64),
-])
+_SEL_TAP_INDEX = torch.cat(
+    [
+        _SEL_READ * 9,
+        torch.tensor([[k for k, nnz in enumerate(_TAP_NNZ) for _ in range(nnz)]], dtype=torch.float64),
+        torch.ones(1, _NNZ, dtype=torch.float64),
+    ]
+)
 
 
 def _fresh(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -106,9 +106,7 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
     return _workspace("geo_" + slot, shape, dtype, device)
 
 
-def _source_table(
-    distances: Tensor, height: int, width: int, pos_dtype: torch.dtype, alloc=_fresh
-):
+def _source_table(distances: Tensor, height: int, width: int, pos_dtype: torch.dtype, alloc=_fresh):
     """Flat offsets, bilinear weights and in-map masks of the 10 sources, [12/10/8, N·H·W].
 
     Returns ``(off, wts, inside)``. Offsets ``off`` [12, N·H·W] (float64, integral): row

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._cpu_threads import _Threads, _workspace
-from ._star_geometry import _NNZ, _Geometry, _chunk_pattern, _transposed_chunks
+from ._star_geometry import _NNZ, _chunk_pattern, _Geometry, _transposed_chunks
 
 # Most elements of a per-chunk [L, 9·C] column buffer (backward and the 16-bit forward):
 # L ≤ 8192 locations at C = 256 (75 MB in float32), so P3 of an 800×1216 image runs as 2
@@ -68,9 +68,7 @@ def _spmm(sparse: Tensor, dense: Tensor, out: Tensor) -> Tensor:
     return torch.addmm(out, sparse, dense, beta=0.0, out=out)
 
 
-def _sddmm(
-    pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, cols: Tensor
-) -> Tensor:
+def _sddmm(pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, cols: Tensor) -> Tensor:
     """Per non-zero (r, q) of ``pattern``: <grad_cols[r], x_img[q]> ([nnz] values)."""
     if 9 * x_img.shape[0] >= _NNZ:
         return torch.sparse.sampled_addmm(pattern, grad_cols, x_img.t(), beta=0.0).values()
@@ -208,9 +206,7 @@ def _forward_columns(x: Tensor, geo: _Geometry, weight: Tensor, threads: _Thread
     return out
 
 
-def _star_forward(
-    x: Tensor, distances: Tensor, weight: Tensor, scratch: bool
-) -> tuple[Tensor, _Geometry]:
+def _star_forward(x: Tensor, distances: Tensor, weight: Tensor, scratch: bool) -> tuple[Tensor, _Geometry]:
     """Forward of the fast path: ``(out [N, O, H, W] channels-last, geometry)``.
 
     ``scratch=True`` (no backward will follow) keeps the geometry in reused buffers.
@@ -240,9 +236,7 @@ class _StarDeformConvFn(torch.autograd.Function):
         geo.drop_tap_index()
         ctx.geo = geo
         ctx.dist_dtype = distances.dtype
-        ctx.x_channels_last = not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last
-        )
+        ctx.x_channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(x, weight)
         return out
 
@@ -299,9 +293,7 @@ class _StarDeformConvFn(torch.autograd.Function):
                             with threads.sparse("sddmm", _NNZ * ln * c):
                                 dots[p0:p1] = _sddmm(sm, gc, x_img, rows_pat, geo.cols[p0:p1])
                         if need_x:  # grad_x += Sᵀ · grad_cols
-                            st = _csr(
-                                t_crow[im * nch + j], t_rows[p0:p1], t_vals[p0:p1], (hw, 9 * ln)
-                            )
+                            st = _csr(t_crow[im * nch + j], t_rows[p0:p1], t_vals[p0:p1], (hw, 9 * ln))
                             with threads.sparse("spmm_t", _NNZ * ln * c):
                                 torch.addmm(gx_img, st, gc, beta=1.0 if j else 0.0, out=gx_img)
                         if need_w:  # grad_W += grad_outᵀ · cols, the columns recomputed
@@ -332,8 +324,8 @@ class _StarDeformConvFn(torch.autograd.Function):
                 grad_w = gw.view(o, 9, c).transpose(1, 2).to(dt).reshape(o, c, 3, 3)
         return grad_x, grad_d, grad_w
 
+
 def _apply_fast(x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
-    if torch.is_grad_enabled() and (x.requires_grad or distances.requires_grad
-                                    or weight.requires_grad):
+    if torch.is_grad_enabled() and (x.requires_grad or distances.requires_grad or weight.requires_grad):
         return _StarDeformConvFn.apply(x, distances, weight)
     return _star_forward(x, distances, weight, scratch=True)[0]  # inference: no autograd state

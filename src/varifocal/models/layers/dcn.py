@@ -79,8 +79,7 @@ class ModulatedDeformConv2d(nn.Module):
             )
         if in_channels % deform_groups:
             raise ValueError(
-                f"ModulatedDeformConv2d: in_channels={in_channels} must be divisible by "
-                f"deform_groups={deform_groups}"
+                f"ModulatedDeformConv2d: in_channels={in_channels} must be divisible by deform_groups={deform_groups}"
             )
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -33,14 +33,11 @@ import torch.nn as nn
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
-from ._cpu_threads import release_workspace
-from ._star_kernels import _apply_fast
-
 # Private helpers, re-exported for the tests and benchmarks/bench_star_conv.py. _TAPS_ELEMS is
 # a copy for reading: patch varifocal.models.layers._star_kernels._TAPS_ELEMS to change it.
-from ._cpu_threads import _SparseThreadTuner, _Threads, _workspace  # noqa: F401
+from ._cpu_threads import _SparseThreadTuner, _Threads, _workspace, release_workspace  # noqa: F401
 from ._star_geometry import _Geometry  # noqa: F401
-from ._star_kernels import _TAPS_ELEMS, _tap_gather, _tap_gemm, _tap_weight  # noqa: F401
+from ._star_kernels import _TAPS_ELEMS, _apply_fast, _tap_gather, _tap_gemm, _tap_weight  # noqa: F401
 
 __all__ = [
     "star_offsets",
@@ -58,9 +55,7 @@ _IMPLS = ("auto", "fast", "torchvision")
 # --------------------------------------------------------------------------------------------
 def _check_distances(distances: Tensor, who: str) -> None:
     if distances.dim() != 4 or distances.shape[1] != 4:
-        raise ValueError(
-            f"{who}: distances must be [N, 4, H, W] (l, t, r, b), got {tuple(distances.shape)}"
-        )
+        raise ValueError(f"{who}: distances must be [N, 4, H, W] (l, t, r, b), got {tuple(distances.shape)}")
 
 
 def star_offsets(distances: Tensor) -> Tensor:
@@ -88,9 +83,24 @@ def star_offsets(distances: Tensor) -> Tensor:
     zero = torch.zeros_like(l)
     return torch.stack(
         [
-            top, left, top, zero, top, right,
-            zero, left, zero, zero, zero, right,
-            bottom, left, bottom, zero, bottom, right,
+            top,
+            left,
+            top,
+            zero,
+            top,
+            right,
+            zero,
+            left,
+            zero,
+            zero,
+            zero,
+            right,
+            bottom,
+            left,
+            bottom,
+            zero,
+            bottom,
+            right,
         ],
         dim=1,
     )
@@ -107,14 +117,10 @@ def _check_inputs(x: Tensor, distances: Tensor, weight: Tensor, who: str) -> Non
             "(expected [N, 4, H, W] with the same N, H, W)"
         )
     if weight.dim() != 4 or weight.shape[1] != c or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(
-            f"{who}: weight must be [O, {c}, 3, 3] for x with {c} channels, "
-            f"got {tuple(weight.shape)}"
-        )
+        raise ValueError(f"{who}: weight must be [O, {c}, 3, 3] for x with {c} channels, got {tuple(weight.shape)}")
     if not (x.device == distances.device == weight.device):
         raise ValueError(
-            f"{who}: x, distances and weight must be on one device, got "
-            f"{x.device}, {distances.device}, {weight.device}"
+            f"{who}: x, distances and weight must be on one device, got {x.device}, {distances.device}, {weight.device}"
         )
 
 
@@ -201,9 +207,7 @@ def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str =
         with torch.autocast(dev_type, enabled=False):
             return _apply_fast(x, distances, weight)
     if weight.dtype != x.dtype:
-        raise ValueError(
-            f"star_deform_conv2d: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype"
-        )
+        raise ValueError(f"star_deform_conv2d: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype")
     return _apply_fast(x, distances, weight)
 
 
@@ -232,10 +236,7 @@ class StarDeformConv2d(nn.Module):
         if impl not in _IMPLS:
             raise ValueError(f"StarDeformConv2d: impl must be one of {_IMPLS}, got {impl!r}")
         if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(
-                f"StarDeformConv2d: channel counts must be positive, got "
-                f"{in_channels} -> {out_channels}"
-            )
+            raise ValueError(f"StarDeformConv2d: channel counts must be positive, got {in_channels} -> {out_channels}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.impl = impl

@@ -74,8 +74,7 @@ class FPN(nn.Module):
         elif add_extra_convs is False:
             add_extra_convs = "none"
         if add_extra_convs not in _EXTRA_MODES:
-            raise ValueError(f"FPN: add_extra_convs must be one of {_EXTRA_MODES}, got "
-                             f"{add_extra_convs!r}")
+            raise ValueError(f"FPN: add_extra_convs must be one of {_EXTRA_MODES}, got {add_extra_convs!r}")
         in_channels = [int(c) for c in in_channels]
         if not in_channels:
             raise ValueError("FPN: in_channels is empty")
@@ -92,8 +91,7 @@ class FPN(nn.Module):
         convs = [_ConvHolder(out_channels, out_channels, 3) for _ in range(n)]
         if add_extra_convs != "none":
             for j in range(num_outs - n):
-                cin = in_channels[-1] if (j == 0 and add_extra_convs == "on_input") \
-                    else out_channels
+                cin = in_channels[-1] if (j == 0 and add_extra_convs == "on_input") else out_channels
                 convs.append(_ConvHolder(cin, out_channels, 3, stride=2))
         self.fpn_convs = nn.ModuleList(convs)
         self.init_weights()
