@@ -238,7 +238,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="varifocal", description="VarifocalNet detection: train, evaluate, predict.")
+    parser = argparse.ArgumentParser(
+        prog="varifocal", description="IoU-aware detection (VFNet, RetinaNet, FCOS, ATSS): train, evaluate, predict."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a detector from a YAML config")
@@ -271,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "convert",
-        help="MMDetection VFNet checkpoint → varifocal format, or a varifocal "
+        help="MMDetection checkpoint (VFNet, RetinaNet, FCOS, ATSS) → varifocal format, or a varifocal "
         "training checkpoint → inference-only weights",
     )
     p.add_argument("src", help="MMDetection or varifocal checkpoint (.pth)")
