@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..backbones.efficientnet_lite import efficientnet_lite0
 from ..backbones.resnet import resnet_backbone
 from ..heads.vfnet_head import VFNetHead
 from ..necks.fpn import FPN
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from .lite0 import lite0_detector
 from .single_stage import SingleStageDetector
 
 __all__ = ["vfnet", "vfnet_lite0_fpn", "VARIANTS"]
@@ -90,11 +90,13 @@ def vfnet_lite0_fpn(
         stacked_convs: ConvModules per head tower.
         **head_kwargs: forwarded to :class:`VFNetHead`.
     """
-    backbone = efficientnet_lite0(pretrained=pretrained_backbone)
-    neck = FPN(
-        list(backbone.out_channels), fpn_channels, num_outs=5, add_extra_convs="on_output", relu_before_extra_convs=True
+    return lite0_detector(
+        lambda channels: VFNetHead(
+            num_classes, in_channels=channels, feat_channels=channels, stacked_convs=stacked_convs, **head_kwargs
+        ),
+        pretrained_backbone=pretrained_backbone,
+        scale=scale,
+        fpn_channels=fpn_channels,
+        add_extra_convs="on_output",
+        relu_before_extra_convs=True,
     )
-    head = VFNetHead(
-        num_classes, in_channels=fpn_channels, feat_channels=fpn_channels, stacked_convs=stacked_convs, **head_kwargs
-    )
-    return SingleStageDetector(backbone, neck, head, Preprocessor(scale, IMAGENET_MEAN, IMAGENET_STD, 32))
