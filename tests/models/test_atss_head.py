@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from varifocal.models.heads.atss_head import ATSSHead, ATSSOutputs, centerness_target
+from varifocal.models.heads.atss_head import ATSSHead, ATSSOutputs, anchor_centerness_target
 
 LOG2 = math.log(2.0)
 EPS32 = torch.finfo(torch.float32).eps
@@ -61,10 +61,10 @@ def test_anchors_are_squares_of_side_8s_at_multiples_of_the_stride():
 def test_centerness_target_by_hand():
     # centre (10, 20) in (0, 0, 40, 30): l 10, r 30, t 20, b 10 → √(10/30 · 10/20) = √(1/6)
     anchor = torch.tensor([[0.0, 10.0, 20.0, 30.0]])
-    ct = centerness_target(anchor, torch.tensor([[0.0, 0.0, 40.0, 30.0]]))
+    ct = anchor_centerness_target(anchor, torch.tensor([[0.0, 0.0, 40.0, 30.0]]))
     assert float(ct) == pytest.approx(math.sqrt(1.0 / 6.0), rel=1e-6)
     with pytest.raises(ValueError):
-        centerness_target(torch.tensor([[50.0, 50.0, 60.0, 60.0]]), torch.tensor([[0.0, 0.0, 40.0, 30.0]]))
+        anchor_centerness_target(torch.tensor([[50.0, 50.0, 60.0, 60.0]]), torch.tensor([[0.0, 0.0, 40.0, 30.0]]))
 
 
 def test_targets_positives_weights_and_invalid_anchors():

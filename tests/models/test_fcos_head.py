@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from varifocal.models.heads.fcos_head import FCOSHead, FCOSOutputs, centerness_target
+from varifocal.models.heads.fcos_head import FCOSHead, FCOSOutputs
 
 INF = 1e8
 LOG2 = math.log(2.0)
@@ -100,12 +100,6 @@ def test_norm_on_bbox_divides_targets_by_the_stride():
     head = one_level_head(norm_on_bbox=True)
     t = head.get_targets([(4, 4)], [torch.tensor([[0.0, 0, 16, 16]])], [torch.tensor([0])])
     assert t.bbox_targets[0][0].tolist() == [0.5, 0.5, 1.5, 1.5]  # (4, 4, 12, 12) / 8
-
-
-def test_centerness_target_by_hand():
-    ct = centerness_target(torch.tensor([[4.0, 4, 12, 12], [20, 20, 12, 12], [1, 2, 3, 4]]))
-    assert ct.tolist() == pytest.approx([1 / 3, 0.6, math.sqrt((1 / 3) * (2 / 4))], rel=1e-6)
-    assert centerness_target(torch.zeros((0, 4))).shape == (0,)
 
 
 def constructed_outputs(dist: float = 8.0, num_imgs: int = 1, requires_grad: bool = False) -> FCOSOutputs:

@@ -1,11 +1,14 @@
 """Box geometry: IoU/GIoU, (l,t,r,b) <-> xyxy, xyxy <-> xywh (spec §3.2, §3.3, §4.3)."""
 
+import math
+
 import pytest
 import torch
 
 from varifocal.structures import (
     bbox2distance,
     bbox_overlaps,
+    centerness_target,
     distance2bbox,
     xywh_to_xyxy,
     xyxy_to_xywh,
@@ -103,6 +106,20 @@ def test_distance_shape_errors():
         distance2bbox(torch.zeros(2, 2), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="differ"):
         bbox2distance(torch.zeros(2, 2), torch.zeros(3, 4))
+
+
+def test_centerness_target_by_hand():
+    """√(min(l, r)/max(l, r) · min(t, b)/max(t, b)) (zoo_spec §3.4, §4.4)."""
+    # (4, 4, 12, 12): √(4/12 · 4/12) = 1/3; (20, 20, 12, 12): √(12/20 · 12/20) = 0.6;
+    # (1, 2, 3, 4): √(1/3 · 2/4); the centre of its box: 1.
+    ct = centerness_target(t([[4.0, 4, 12, 12], [20, 20, 12, 12], [1, 2, 3, 4], [5, 7, 5, 7]]))
+    assert ct.tolist() == pytest.approx([1 / 3, 0.6, math.sqrt((1 / 3) * (2 / 4)), 1.0], rel=1e-6)
+    assert centerness_target(torch.zeros((0, 4))).shape == (0,)
+    # Point (10, 20) in (0, 0, 40, 30): (l, t, r, b) = (10, 20, 30, 10) → √(10/30 · 10/20) = √(1/6).
+    d = bbox2distance(t([[10.0, 20.0]]), t([[0.0, 0.0, 40.0, 30.0]]))
+    assert float(centerness_target(d)) == pytest.approx(math.sqrt(1.0 / 6.0), rel=1e-6)
+    with pytest.raises(ValueError, match="distances"):
+        centerness_target(torch.zeros(3, 2))
 
 
 def test_xywh_conversions():

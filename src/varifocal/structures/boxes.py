@@ -1,4 +1,4 @@
-"""Axis-aligned box utilities: IoU / GIoU, (l, t, r, b) <-> xyxy, xyxy <-> xywh.
+"""Axis-aligned box utilities: IoU / GIoU, (l, t, r, b) <-> xyxy, centerness, xyxy <-> xywh.
 
 Conventions (DEVELOPERS.md, spec §10 item 23): boxes are float ``(x1, y1, x2, y2)`` in pixels,
 width = ``x2 - x1`` (no "+1"). Distances are ``(l, t, r, b)`` from a point to the four box
@@ -14,6 +14,7 @@ __all__ = [
     "bbox_overlaps",
     "distance2bbox",
     "bbox2distance",
+    "centerness_target",
     "xyxy_to_xywh",
     "xywh_to_xyxy",
 ]
@@ -172,6 +173,35 @@ def bbox2distance(points: Tensor, bboxes: Tensor) -> Tensor:
     right = bboxes[:, 2] - points[:, 0]
     bottom = bboxes[:, 3] - points[:, 1]
     return torch.stack([left, top, right, bottom], dim=-1)
+
+
+def centerness_target(distances: Tensor) -> Tensor:
+    """Centerness ``sqrt(min(l, r)/max(l, r) · min(t, b)/max(t, b))`` of (l, t, r, b) distances
+    (zoo_spec §3.4 for FCOS, §4.4 for ATSS).
+
+    No validation of the values: a point outside its box (a negative distance) or on two
+    opposite sides of a zero-size box (0/0) yields NaN or a meaningless value. Callers that must
+    reject those check first or afterwards (``atss_head.centerness_target`` raises).
+
+    Args:
+        distances: ``[N, 4]`` (l, t, r, b) of points inside their boxes (all > 0 for a finite
+            result in (0, 1]); any common unit (pixels or stride units).
+
+    Returns:
+        ``[N]`` centerness in (0, 1], 1 at the box centre; dtype/device of ``distances``;
+        ``[0]`` for ``N = 0``.
+
+    Raises:
+        ValueError: ``distances`` is not ``[N, 4]``.
+    """
+    if distances.dim() != 2 or distances.size(-1) != 4:
+        raise ValueError(f"boxes.py: distances must be [N, 4], got {tuple(distances.shape)}")
+    lr = distances[:, [0, 2]]
+    tb = distances[:, [1, 3]]
+    if lr.shape[0] == 0:
+        return lr[:, 0]
+    ratio = (lr.min(dim=-1).values / lr.max(dim=-1).values) * (tb.min(dim=-1).values / tb.max(dim=-1).values)
+    return ratio.sqrt()
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:

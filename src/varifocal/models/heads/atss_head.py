@@ -27,14 +27,14 @@ from torch import Tensor, nn
 
 from ...assigners.atss import ATSSAssigner
 from ...losses import CrossEntropyLoss, FocalLoss, GIoULoss, VarifocalLoss
-from ...structures.boxes import bbox_overlaps
+from ...structures.boxes import bbox2distance, bbox_overlaps, centerness_target
 from ...utils.dist import reduce_mean
 from ..box_coders import DeltaXYWHBBoxCoder
 from ..layers.conv_module import ConvModule, Scale
 from ..postprocess import TestConfig, flatten_level, predict_single_image
 from ..priors import AnchorGenerator
 
-__all__ = ["ATSSHead", "ATSSOutputs", "ATSSTargets", "ATSS_TEST_CFG", "centerness_target"]
+__all__ = ["ATSSHead", "ATSSOutputs", "ATSSTargets", "ATSS_TEST_CFG", "anchor_centerness_target"]
 
 #: ``atss_r50_fpn_1x_coco`` test_cfg (zoo §1.15 table, §4.5): NMS 0.6, MMDetection 3.x procedure.
 ATSS_TEST_CFG = TestConfig(score_thr=0.05, nms_pre=1000, nms_iou=0.6, max_per_img=100, min_bbox_size=0.0)
@@ -77,11 +77,12 @@ class ATSSTargets(NamedTuple):
     num_pos: list[int]
 
 
-def centerness_target(anchors: Tensor, gt_bboxes: Tensor) -> Tensor:
-    """Centerness of each anchor centre w.r.t. its gt box (zoo §4.4).
+def anchor_centerness_target(anchors: Tensor, gt_bboxes: Tensor) -> Tensor:
+    """Centerness of each anchor centre w.r.t. its gt box (zoo §4.4), validated.
 
-    With ``(l, t, r, b)`` the distances of the anchor centre to the gt sides,
-    ``ct = √(min(l, r)/max(l, r) · min(t, b)/max(t, b))``.
+    With ``(l, t, r, b)`` the distances of the anchor centre to the gt sides
+    (:func:`~varifocal.structures.boxes.bbox2distance`), ``ct = √(min(l, r)/max(l, r) ·
+    min(t, b)/max(t, b))`` (the shared :func:`~varifocal.structures.boxes.centerness_target`).
 
     Args:
         anchors: ``[P, 4]`` xyxy anchors (only their centres matter), pixels.
@@ -98,15 +99,13 @@ def centerness_target(anchors: Tensor, gt_bboxes: Tensor) -> Tensor:
         raise ValueError(
             f"atss_head.py: anchors {tuple(anchors.shape)} and gt_bboxes {tuple(gt_bboxes.shape)} must be [P, 4]"
         )
-    cx = (anchors[:, 0] + anchors[:, 2]) * 0.5
-    cy = (anchors[:, 1] + anchors[:, 3]) * 0.5
-    lr = torch.stack((cx - gt_bboxes[:, 0], gt_bboxes[:, 2] - cx), dim=1)  # [P, 2]
-    tb = torch.stack((cy - gt_bboxes[:, 1], gt_bboxes[:, 3] - cy), dim=1)  # [P, 2]
-    lr_min, tb_min = lr.min(dim=1).values, tb.min(dim=1).values
-    ratio = (lr_min / lr.max(dim=1).values) * (tb_min / tb.max(dim=1).values)
-    if bool(torch.isnan(ratio).any()) or bool((torch.minimum(lr_min, tb_min) < 0).any()):
+    centres = torch.stack(((anchors[:, 0] + anchors[:, 2]) * 0.5, (anchors[:, 1] + anchors[:, 3]) * 0.5), dim=1)
+    distances = bbox2distance(centres, gt_bboxes)  # [P, 4] (l, t, r, b)
+    ct = centerness_target(distances)
+    # sqrt(ratio) is NaN exactly where the ratio is NaN (0/0) or negative (a negative distance).
+    if bool(torch.isnan(ct).any()) or bool((distances.min(dim=1).values < 0).any()):
         raise ValueError("atss_head.py: centerness target of an anchor centre outside its gt box")
-    return ratio.sqrt()
+    return ct
 
 
 class ATSSHead(nn.Module):
@@ -362,7 +361,7 @@ class ATSSHead(nn.Module):
 
             if pos.numel() > 0:
                 pos_anchors, pos_targets = anchors[pos], bbox_targets[pos]
-                ct = centerness_target(pos_anchors, pos_targets)  # [P]
+                ct = anchor_centerness_target(pos_anchors, pos_targets)  # [P]
                 decoded = self.bbox_coder.decode(pos_anchors, deltas[pos])  # [P, 4], no clip
                 loss_bbox = self.loss_bbox(decoded, pos_targets, weight=ct, avg_factor=1.0)
                 loss_ctr = self.loss_centerness(ctr[pos], ct, avg_factor=avg_factor)

@@ -16,8 +16,9 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...assigners.fcos_assigner import FCOSAssigner
 from ...losses import CrossEntropyLoss, FocalLoss, GIoULoss, IoULoss, VarifocalLoss
-from ...structures.boxes import bbox_overlaps, distance2bbox
+from ...structures.boxes import bbox2distance, bbox_overlaps, centerness_target, distance2bbox
 from ...utils.dist import reduce_mean
 from ..layers.conv_module import ConvModule, Scale
 from ..postprocess import TestConfig, flatten_level, predict_single_image
@@ -65,23 +66,6 @@ class FCOSTargets(NamedTuple):
     assigned_gt_inds: list[Tensor]
 
 
-def centerness_target(bbox_targets: Tensor) -> Tensor:
-    """``sqrt(min(l, r)/max(l, r) · min(t, b)/max(t, b))`` per positive (zoo §3.4).
-
-    Args:
-        bbox_targets: ``[P, 4]`` (l, t, r, b) of positive points (all > 0; any common unit).
-
-    Returns:
-        ``[P]`` centerness targets in (0, 1]; ``[0]`` for ``P = 0``.
-    """
-    lr = bbox_targets[:, [0, 2]]
-    tb = bbox_targets[:, [1, 3]]
-    if lr.shape[0] == 0:
-        return lr[:, 0]
-    ratio = (lr.min(dim=-1).values / lr.max(dim=-1).values) * (tb.min(dim=-1).values / tb.max(dim=-1).values)
-    return ratio.sqrt()
-
-
 class FCOSHead(nn.Module):
     """The FCOS head (zoo §3), shared across all FPN levels.
 
@@ -112,6 +96,10 @@ class FCOSHead(nn.Module):
         vfl_alpha, vfl_gamma, vfl_iou_weighted: Varifocal Loss parameters (0.75, 2, True).
         test_cfg: a :class:`TestConfig`, or a mapping of fields overriding
             :data:`FCOS_TEST_CFG` (tricks: ``{'nms_iou': 0.6}``).
+
+    Attributes:
+        assigner: the :class:`~varifocal.assigners.FCOSAssigner` built from ``regress_ranges``,
+            ``center_sampling`` and ``center_sample_radius`` (used by :meth:`get_targets`).
 
     Raises:
         ValueError: mismatched ``strides``/``regress_ranges`` lengths, an unknown ``loss_bbox``
@@ -159,6 +147,7 @@ class FCOSHead(nn.Module):
         self.centerness_on_reg = bool(centerness_on_reg)
         self.use_vfl = bool(use_vfl)
         self.test_cfg = FCOS_TEST_CFG.replace(test_cfg)
+        self.assigner = FCOSAssigner(self.regress_ranges, self.center_sampling, self.center_sample_radius)
 
         # --- layers (zoo §3.1); names reproduce the checkpoint keys of Appendix A.2 ---
         self.cls_convs = nn.ModuleList()
@@ -254,12 +243,15 @@ class FCOSHead(nn.Module):
     ) -> FCOSTargets:
         """FCOS targets for a batch (zoo §3.3).
 
-        Per image and (point p, gt g) with (l, t, r, b) = (px − x1, py − y1, x2 − px, y2 − py):
-        g is a candidate of p when p is strictly inside g (min(l, t, r, b) > 0; with
+        The assignment is :attr:`assigner`'s (:class:`~varifocal.assigners.FCOSAssigner`): per
+        image and (point p, gt g) with (l, t, r, b) = (px − x1, py − y1, x2 − px, y2 − py), g is
+        a candidate of p when p is strictly inside g (min(l, t, r, b) > 0; with
         ``center_sampling``, strictly inside g's centre box ``c ± radius·s`` clipped to g) and
-        ``lo ≤ max(l, t, r, b) ≤ hi`` for the range of p's level. The candidate of minimum area
+        ``lo ≤ max(l, t, r, b) ≤ hi`` for the range of p's level; the candidate of minimum area
         (x2 − x1)(y2 − y1) wins, ties going to the lowest gt index. Points are not masked by
-        valid flags (batch-padding points simply never fall inside a gt).
+        valid flags (batch-padding points simply never fall inside a gt). The regression targets
+        are the (l, t, r, b) of the assigned gt (gt 0 for negatives), ÷ stride with
+        ``norm_on_bbox``.
 
         Args:
             featmap_sizes: ``(H_l, W_l)`` per level of the batch feature maps.
@@ -271,70 +263,34 @@ class FCOSHead(nn.Module):
             :class:`FCOSTargets` over all ``P = Σ_l H_l·W_l`` points of each image.
 
         Raises:
-            ValueError: if ``gt_bboxes`` and ``gt_labels`` differ in length, or a box tensor is
-                not ``[K, 4]``.
+            ValueError: if ``gt_bboxes`` and ``gt_labels`` differ in length, a box tensor is
+                not ``[K, 4]``, or an image's labels do not have one entry per box.
         """
         if len(gt_bboxes) != len(gt_labels):
             raise ValueError(f"fcos_head.py: {len(gt_bboxes)} gt_bboxes entries but {len(gt_labels)} gt_labels")
         points = self.points(featmap_sizes, device)
         flat_points = torch.cat(points)  # [P, 2]
-        ranges = torch.cat(
-            [flat_points.new_tensor(r).expand(p.shape[0], 2) for p, r in zip(points, self.regress_ranges)]
-        )  # [P, 2]
-        strides = torch.cat([flat_points.new_full((p.shape[0],), float(s)) for p, s in zip(points, self.strides)])
+        sizes = [p.shape[0] for p in points]
+        strides = torch.cat([flat_points.new_full((n,), float(s)) for n, s in zip(sizes, self.strides)])  # [P]
         labels, targets, inds = [], [], []
         for boxes, cls in zip(gt_bboxes, gt_labels):
             boxes = boxes.to(device=device, dtype=torch.float32)
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"fcos_head.py: gt boxes must be [K, 4], got {tuple(boxes.shape)}")
-            lab, tgt, ind = self._targets_single(flat_points, ranges, strides, boxes, cls.to(device).long())
-            labels.append(lab)
-            targets.append(tgt)
-            inds.append(ind)
-        return FCOSTargets(labels, targets, inds)
-
-    def _targets_single(
-        self, points: Tensor, ranges: Tensor, strides: Tensor, boxes: Tensor, gt_labels: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One image: points ``[P, 2]``, ranges ``[P, 2]``, strides ``[P]``, boxes ``[K, 4]``,
-        labels ``[K]`` → (labels ``[P]``, bbox_targets ``[P, 4]``, assigned_gt_inds ``[P]``)."""
-        num_points, num_gts = points.shape[0], boxes.shape[0]
-        if num_gts == 0:
-            return (
-                torch.full((num_points,), self.num_classes, dtype=torch.long, device=points.device),
-                points.new_zeros((num_points, 4)),
-                torch.zeros((num_points,), dtype=torch.long, device=points.device),
+            result = self.assigner.assign(
+                flat_points, sizes, self.strides, boxes, cls.to(device).long(), self.num_classes
             )
-        px, py = points[:, 0:1], points[:, 1:2]  # [P, 1]
-        x1, y1, x2, y2 = (boxes[:, i][None, :] for i in range(4))  # [1, K]
-        dist = torch.stack((px - x1, py - y1, x2 - px, y2 - py), dim=-1)  # [P, K, 4]
-
-        if self.center_sampling:
-            radius = (strides * self.center_sample_radius)[:, None]  # [P, 1]
-            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            cx1, cy1 = torch.maximum(cx - radius, x1), torch.maximum(cy - radius, y1)
-            cx2, cy2 = torch.minimum(cx + radius, x2), torch.minimum(cy + radius, y2)
-            centre_dist = torch.stack((px - cx1, py - cy1, cx2 - px, cy2 - py), dim=-1)
-            inside = centre_dist.min(dim=-1).values > 0  # [P, K]
-        else:
-            inside = dist.min(dim=-1).values > 0  # [P, K]
-        max_dist = dist.max(dim=-1).values  # [P, K]
-        in_range = (max_dist >= ranges[:, 0:1]) & (max_dist <= ranges[:, 1:2])
-
-        areas = ((x2 - x1) * (y2 - y1)).expand(num_points, num_gts)
-        areas = torch.where(inside & in_range, areas, areas.new_tensor(INF))
-        min_area = areas.min(dim=1).values  # [P]
-        # Lowest gt index among the minimum-area candidates (explicit tie rule, zoo §3.10 item 4).
-        gt_index = torch.arange(num_gts, device=points.device).expand(num_points, num_gts)
-        winner = torch.where(areas == min_area[:, None], gt_index, num_gts).min(dim=1).values  # [P]
-        positive = min_area < INF
-
-        labels = torch.where(positive, gt_labels[winner], self.num_classes)
-        bbox_targets = dist[torch.arange(num_points, device=points.device), winner]  # [P, 4]
-        if self.norm_on_bbox:
-            bbox_targets = bbox_targets / strides[:, None]
-        assigned = torch.where(positive, winner + 1, 0)
-        return labels, bbox_targets, assigned
+            if boxes.shape[0] == 0:
+                bbox_targets = flat_points.new_zeros((flat_points.shape[0], 4))
+            else:
+                # (l, t, r, b) to the assigned gt; negatives get gt 0's, as in the reference.
+                bbox_targets = bbox2distance(flat_points, boxes[result.target_gt_inds])  # [P, 4]
+                if self.norm_on_bbox:
+                    bbox_targets = bbox_targets / strides[:, None]
+            labels.append(result.labels)
+            targets.append(bbox_targets)
+            inds.append(result.gt_inds)
+        return FCOSTargets(labels, targets, inds)
 
     # ------------------------------------------------------------------ loss
     def loss(
