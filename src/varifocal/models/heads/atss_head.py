@@ -19,7 +19,6 @@ Decisions where the spec leaves a choice (reported, [project]):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
@@ -31,6 +30,7 @@ from ...structures.boxes import bbox2distance, bbox_overlaps, centerness_target
 from ...utils.dist import reduce_mean
 from ..box_coders import DeltaXYWHBBoxCoder
 from ..layers.conv_module import ConvModule, Scale
+from ..layers.init import init_dense_head
 from ..postprocess import TestConfig, flatten_level, predict_single_image
 from ..priors import AnchorGenerator
 
@@ -200,17 +200,7 @@ class ATSSHead(nn.Module):
     def init_weights(self) -> None:
         """Zoo §1.16: every ``nn.Conv2d`` weight ~ N(0, 0.01²), bias 0; ``atss_cls`` bias
         −log((1 − π)/π) (−4.59512 for π = 0.01); GroupNorm weight 1, bias 0; scales 1."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.GroupNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, Scale):
-                nn.init.constant_(module.scale, 1.0)
-        nn.init.constant_(self.atss_cls.bias, -math.log((1.0 - self.prior_prob) / self.prior_prob))
+        init_dense_head(self, self.atss_cls, self.prior_prob)
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Sequence[Tensor]) -> ATSSOutputs:

@@ -10,7 +10,6 @@ MMDetection's ``FCOSHead`` so that checkpoint keys load verbatim (zoo §3.7, App
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
@@ -21,6 +20,7 @@ from ...losses import CrossEntropyLoss, FocalLoss, GIoULoss, IoULoss, VarifocalL
 from ...structures.boxes import bbox2distance, bbox_overlaps, centerness_target, distance2bbox
 from ...utils.dist import reduce_mean
 from ..layers.conv_module import ConvModule, Scale
+from ..layers.init import init_dense_head
 from ..postprocess import TestConfig, flatten_level, predict_single_image
 from ..priors import grid_points
 
@@ -173,17 +173,7 @@ class FCOSHead(nn.Module):
     def init_weights(self) -> None:
         """zoo §1.16: every ``nn.Conv2d`` weight ~ N(0, 0.01²) with bias 0, the classifier
         bias −log((1 − 0.01)/0.01) = −4.59512, GroupNorm weight 1 / bias 0, scales 1."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.GroupNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, Scale):
-                nn.init.constant_(module.scale, 1.0)
-        nn.init.constant_(self.conv_cls.bias, -math.log((1 - 0.01) / 0.01))
+        init_dense_head(self, self.conv_cls, 0.01)
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Sequence[Tensor]) -> FCOSOutputs:

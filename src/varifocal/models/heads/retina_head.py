@@ -10,7 +10,6 @@ avg_factor §1.13. Attribute names reproduce MMDetection's (``cls_convs``, ``reg
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
@@ -21,6 +20,7 @@ from ...losses import FocalLoss, L1Loss, VarifocalLoss
 from ...structures.boxes import bbox_overlaps
 from ..box_coders import DeltaXYWHBBoxCoder
 from ..layers.conv_module import ConvModule
+from ..layers.init import init_dense_head
 from ..postprocess import TestConfig, flatten_level, predict_single_image
 from ..priors import AnchorGenerator
 
@@ -172,12 +172,7 @@ class RetinaHead(nn.Module):
     def init_weights(self) -> None:
         """§1.16: every ``nn.Conv2d`` weight ~ N(0, 0.01²), bias 0; ``retina_cls`` bias
         −log((1 − 0.01)/0.01) = −4.59512 (prior probability 0.01)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.constant_(self.retina_cls.bias, -math.log((1 - 0.01) / 0.01))
+        init_dense_head(self, self.retina_cls, 0.01)
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Sequence[Tensor]) -> RetinaOutputs:

@@ -9,7 +9,6 @@ verbatim (spec §8.2).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
@@ -21,6 +20,7 @@ from ...losses import FocalLoss, GIoULoss, VarifocalLoss
 from ...structures.boxes import bbox2distance, bbox_overlaps, distance2bbox
 from ...utils.dist import reduce_mean
 from ..layers.conv_module import ConvModule, Scale
+from ..layers.init import bias_init_with_prob
 from ..layers.star_deform_conv import StarDeformConv2d
 from ..postprocess import TestConfig, flatten_level, predict_single_image
 from ..priors import grid_points, valid_flags
@@ -162,7 +162,7 @@ class VFNetHead(nn.Module):
             elif isinstance(module, nn.GroupNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.constant_(self.vfnet_cls.bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.constant_(self.vfnet_cls.bias, bias_init_with_prob(0.01))
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Sequence[Tensor]) -> VFNetOutputs:
