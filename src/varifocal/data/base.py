@@ -8,13 +8,18 @@ used as they are; no "+1"/"-1" anywhere, spec §10 item 23) and contiguous label
 What is dropped or kept (MMDetection 2.x ``CocoDataset._parse_ann_info`` semantics, spec §6.1
 item 2):
 
-* an annotation flagged ``"ignore": true`` is skipped;
+* an annotation flagged ``"ignore": true`` is skipped (counted per image in
+  ``ImageRecord.num_ignored``);
 * a *degenerate* box is dropped and counted: width < 1 or height < 1 pixel, ``area <= 0``
   (when the annotation has an ``area``), or no overlap with the image. One summary line
   "dropped N degenerate boxes in <file>" is logged (logger ``varifocal.data``);
 * a crowd box (COCO ``iscrowd=1``, VOC ``difficult=1``) goes to ``crowd_boxes``: it is never
   part of the training target; evaluation treats it as an ignore region (COCO ``iscrowd``);
 * images without boxes are kept unless ``drop_empty=True``.
+
+The records are the single source of truth of evaluation as well: :meth:`to_coco_dict` (what
+:class:`~varifocal.evaluation.CocoEvaluator` scores) holds exactly the kept images and boxes,
+so a dropped box is neither a training target nor a ground truth that a detector must find.
 
 Images are decoded by :func:`varifocal.data.images.load_image`. A corrupt, truncated or
 missing image raises :class:`DataError`, or is skipped when ``skip_bad_images=True`` (see
@@ -73,6 +78,9 @@ class ImageRecord:
         crowd_boxes: float32 ``[C, 4]`` ``xyxy`` ignore regions (COCO iscrowd / VOC difficult);
             absent from training targets.
         crowd_labels: int64 ``[C]`` labels of ``crowd_boxes``.
+        num_degenerate: annotations of this image dropped as degenerate (side < 1 pixel,
+            ``area <= 0`` or no overlap with the image); neither trained on nor scored.
+        num_ignored: annotations of this image flagged ``"ignore": true`` (skipped).
 
     The arrays are numpy (not tensors) so that a dataset of 100k records pickles cheaply into
     DataLoader workers.
@@ -86,6 +94,8 @@ class ImageRecord:
     labels: np.ndarray = field(default_factory=_empty_labels)
     crowd_boxes: np.ndarray = field(default_factory=_empty_boxes)
     crowd_labels: np.ndarray = field(default_factory=_empty_labels)
+    num_degenerate: int = 0
+    num_ignored: int = 0
 
     @property
     def aspect_group(self) -> int:
@@ -151,7 +161,9 @@ class DetectionDataset(Dataset):
     process), counted in ``num_skipped`` and listed in ``meta["skipped_files"]`` of the
     substitute sample. In DataLoader workers each worker has its own copy of the counter, so
     the training loop should count ``meta["skipped_files"]`` instead. The substitution is
-    deterministic, so a resumed run sees the same samples.
+    deterministic, so a resumed run sees the same samples. Evaluation must not substitute
+    (the substitute would be scored twice): it uses ``load_sample(i, substitute=False)``,
+    which gives ``None`` for a bad image.
 
     Seeding: see the module docstring; ``seed=None`` leaves the transforms on whatever state
     torch's global generator has (DataLoader seeds it per worker with ``base_seed + worker_id``).
@@ -216,6 +228,24 @@ class DetectionDataset(Dataset):
         return image
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any], dict[str, Any]]:
+        sample = self.load_sample(index)
+        assert sample is not None  # substitute=True never gives None
+        return sample
+
+    def load_sample(self, index: int, substitute: bool = True) -> tuple[Tensor, dict[str, Any], dict[str, Any]] | None:
+        """Sample ``index`` as ``dataset[index]`` gives it, or ``None`` for a bad image.
+
+        Args:
+            index: record index (negative counts from the end).
+            substitute: ``True``: a bad image is replaced by the next good one (``dataset[i]``,
+                see the class docstring). ``False`` (evaluation): with ``skip_bad_images`` a
+                bad image gives ``None`` (logged, remembered in ``bad_files``); without it,
+                :class:`DataError` as always.
+
+        Raises:
+            IndexError: ``index`` out of range.
+            DataError: a bad image without ``skip_bad_images``, or no readable image left.
+        """
         n = len(self.records)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} images")
@@ -223,7 +253,7 @@ class DetectionDataset(Dataset):
         skipped: list[str] = []
         image = None
         record = self.records[index]
-        for step in range(n):
+        for step in range(n if substitute else 1):
             record = self.records[(index + step) % n]
             if record.file_name in self.bad_files:
                 skipped.append(record.file_name)
@@ -238,6 +268,8 @@ class DetectionDataset(Dataset):
                 self.bad_files.add(record.file_name)
                 skipped.append(record.file_name)
         if image is None:
+            if not substitute:
+                return None
             raise DataError(f"{self.source}: no readable image left (all {n} images failed to load)")
 
         height, width = int(image.shape[1]), int(image.shape[2])
@@ -269,7 +301,9 @@ class DetectionDataset(Dataset):
     def to_coco_dict(self) -> dict[str, Any]:
         """Ground truth as a COCO-format dict (for :class:`~varifocal.evaluation.CocoEvaluator`).
 
-        Boxes become ``[x, y, w, h]`` with ``area = w * h``; crowd boxes get ``iscrowd=1``.
+        Exactly the records: their images (with the recorded ``width``/``height``) and their
+        kept boxes; dropped (degenerate, ignore-flagged) boxes are absent. Boxes become
+        ``[x, y, w, h]`` with ``area = w * h``; crowd boxes get ``iscrowd=1``.
         """
         images, annotations = [], []
         for record in self.records:

@@ -10,6 +10,7 @@ from typing import Any
 
 from .base import DetectionDataset, ImageRecord, Transform, _as_arrays, _box_is_degenerate
 from .errors import DataError, _one_line
+from .images import _image_size_from_header
 
 __all__ = ["CocoDetection", "read_coco_json", "validate_coco_dict"]
 
@@ -22,8 +23,25 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
 
 
-def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
+def _annotation_fate(ann: dict[str, Any], width: int, height: int) -> str:
+    """What the reader does with annotation ``ann`` of a ``width`` x ``height`` image:
+    ``'ignored'`` (``"ignore": true``), ``'degenerate'`` (dropped, see
+    :mod:`varifocal.data.base`), ``'crowd'`` or ``'box'``. The one rule that both the records
+    and :meth:`CocoDetection.to_coco_dict` follow."""
+    if ann.get("ignore", False):
+        return "ignored"
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    area = ann.get("area", 1.0)
+    if _box_is_degenerate(x, y, w, h, width, height) or (_is_number(area) and area <= 0):
+        return "degenerate"
+    return "crowd" if ann.get("iscrowd", 0) else "box"
+
+
+def read_coco_json(path: str | os.PathLike, require_size: bool = True) -> dict[str, Any]:
     """Read and validate a COCO annotation file (see :func:`validate_coco_dict`).
+
+    ``require_size=False`` accepts images without ``width``/``height`` (a reader that can
+    take the size from the image file, e.g. :class:`CocoDetection`).
 
     Returns:
         the parsed JSON dict, unchanged.
@@ -42,16 +60,17 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    validate_coco_dict(data, str(path))
+    validate_coco_dict(data, str(path), require_size=require_size)
     return data
 
 
-def validate_coco_dict(data: Any, source: str, require_annotations: bool = True) -> None:
+def validate_coco_dict(data: Any, source: str, require_annotations: bool = True, require_size: bool = True) -> None:
     """Check the structure of a COCO detection dict.
 
     Checks: top level is an object with lists ``images``, ``annotations`` (when
     ``require_annotations``) and ``categories``; every image has an integer ``id`` (unique),
-    a string ``file_name`` and positive integer ``width``/``height``; every category has a
+    a string ``file_name`` and positive integer ``width``/``height`` (with
+    ``require_size=False`` they may be absent or ``null``, but not invalid); every category has a
     unique integer ``id`` and a string ``name``; every annotation has a unique integer ``id``,
     an ``image_id`` and a ``category_id`` that exist, and a ``bbox`` of 4 finite numbers.
 
@@ -79,6 +98,8 @@ def validate_coco_dict(data: Any, source: str, require_annotations: bool = True)
         if not isinstance(img.get("file_name"), str):
             raise DataError(f"{source}: image id {iid} has no string 'file_name'")
         for key in ("width", "height"):
+            if not require_size and img.get(key) is None:
+                continue
             if not _is_int(img.get(key)) or img[key] <= 0:
                 raise DataError(f"{source}: image id {iid} has no positive integer '{key}' (got {img.get(key)!r})")
 
@@ -137,9 +158,13 @@ class CocoDetection(DetectionDataset):
         num_degenerate: boxes dropped as degenerate; num_filtered: images dropped by
             ``drop_empty`` / ``min_size``.
 
+    Image size: ``images[].width``/``height`` when the file has them, else read from the image
+    file's header (EXIF orientation applied), which then must exist.
+
     Raises:
         DataError: unreadable or invalid annotation file (one line naming it and, where it
-            applies, the offending annotation id).
+            applies, the offending annotation id); an image without ``width``/``height``
+            whose file gives no size either.
     """
 
     def __init__(
@@ -156,7 +181,7 @@ class CocoDetection(DetectionDataset):
         self.image_dir = os.path.abspath(image_dir)
         self.ann_file = os.path.abspath(ann_file)
         self.source = str(ann_file)
-        data = read_coco_json(ann_file)
+        data = read_coco_json(ann_file, require_size=False)
 
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids = [c["id"] for c in categories]
@@ -169,18 +194,21 @@ class CocoDetection(DetectionDataset):
 
         records, has_ann = [], []
         for img in data["images"]:
-            width, height = img["width"], img["height"]
+            file_name = os.path.join(self.image_dir, img["file_name"])
+            width, height = self._image_size(img, file_name)
             boxes, labels, crowd, crowd_labels = [], [], [], []
             anns = per_image[img["id"]]
+            n_degenerate = n_ignored = 0
             for ann in anns:
-                if ann.get("ignore", False):
+                fate = _annotation_fate(ann, width, height)
+                if fate == "ignored":
+                    n_ignored += 1
+                    continue
+                if fate == "degenerate":
+                    n_degenerate += 1
                     continue
                 x, y, w, h = (float(v) for v in ann["bbox"])
-                area = ann.get("area", 1.0)
-                if _box_is_degenerate(x, y, w, h, width, height) or (_is_number(area) and area <= 0):
-                    self.num_degenerate += 1
-                    continue
-                if ann.get("iscrowd", 0):
+                if fate == "crowd":
                     crowd.append([x, y, x + w, y + h])
                     crowd_labels.append(label_of[ann["category_id"]])
                 else:
@@ -188,15 +216,59 @@ class CocoDetection(DetectionDataset):
                     labels.append(label_of[ann["category_id"]])
             b, l = _as_arrays(boxes, labels)
             cb, cl = _as_arrays(crowd, crowd_labels)
-            records.append(
-                ImageRecord(os.path.join(self.image_dir, img["file_name"]), img["id"], width, height, b, l, cb, cl)
-            )
+            self.num_degenerate += n_degenerate
+            records.append(ImageRecord(file_name, img["id"], width, height, b, l, cb, cl, n_degenerate, n_ignored))
             has_ann.append(bool(anns))
         self.records = records
         keep = [(h or not drop_empty) and min(r.width, r.height) >= min_size for r, h in zip(records, has_ann)]
         self._filter(keep)
         self._log_degenerate()
 
+    def _image_size(self, img: dict[str, Any], file_name: str) -> tuple[int, int]:
+        """``(width, height)`` of ``images[]`` entry ``img``: as annotated, else from the file."""
+        width, height = img.get("width"), img.get("height")
+        if width is not None and height is not None:
+            return width, height
+        try:
+            size = _image_size_from_header(file_name)
+        except DataError as exc:
+            raise DataError(
+                _one_line(
+                    f"{self.source}: image id {img['id']} has no 'width'/'height' and its file gives none ({exc})"
+                )
+            ) from None
+        given = (width, height)
+        if any(g is not None and g != v for g, v in zip(given, size)):
+            raise DataError(
+                f"{file_name}: image is {size[0]}x{size[1]} (after EXIF orientation) but {self.source} says "
+                f"width {width}, height {height}"
+            )
+        return size
+
     def to_coco_dict(self) -> dict[str, Any]:
-        """The annotation file's own content (original ``area`` values, all images)."""
-        return read_coco_json(self.ann_file)
+        """The ground truth this dataset holds, in the annotation file's own terms.
+
+        The file's images that are records (``width``/``height`` as recorded, so also where
+        the file had none) and exactly the annotations that the records kept, as the file
+        writes them (original ``bbox`` and ``area``, ``iscrowd=1`` crowd boxes): degenerate,
+        off-image and ``"ignore"``-flagged annotations are absent, so evaluation scores the
+        boxes the model was trained on (spec §5.3, §6.1).
+
+        Raises:
+            DataError: the annotation file no longer matches what was loaded.
+        """
+        data = read_coco_json(self.ann_file, require_size=False)
+        by_id = {img["id"]: img for img in data["images"]}
+        if any(r.image_id not in by_id for r in self.records):
+            raise DataError(f"{self.source}: annotation file changed since it was loaded (images differ)")
+        images = [{**by_id[r.image_id], "width": r.width, "height": r.height} for r in self.records]
+        sizes = {r.image_id: (r.width, r.height) for r in self.records}
+        annotations = [
+            a
+            for a in data["annotations"]
+            if a["image_id"] in sizes and _annotation_fate(a, *sizes[a["image_id"]]) in ("box", "crowd")
+        ]
+        expected = sum(len(r.boxes) + len(r.crowd_boxes) for r in self.records)
+        if len(annotations) != expected:
+            raise DataError(f"{self.source}: annotation file changed since it was loaded (annotations differ)")
+        return {**data, "images": images, "annotations": annotations}

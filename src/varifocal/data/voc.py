@@ -149,6 +149,7 @@ class VOCDetection(DetectionDataset):
             width, height = _image_size_from_header(image_file)
 
         boxes, labels, crowd, crowd_labels = [], [], [], []
+        n_degenerate = 0
         objects = root.findall("object")
         for k, obj in enumerate(objects):
             where = f"object #{k}"
@@ -171,7 +172,7 @@ class VOCDetection(DetectionDataset):
             if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
                 raise DataError(f"{xml_file}: {where} has a non-finite <bndbox> coordinate")
             if _box_is_degenerate(x1, y1, x2 - x1, y2 - y1, width, height):
-                self.num_degenerate += 1
+                n_degenerate += 1
                 continue
             if is_difficult:
                 crowd.append([x1, y1, x2, y2])
@@ -181,4 +182,5 @@ class VOCDetection(DetectionDataset):
                 labels.append(label_of[cls])
         b, l = _as_arrays(boxes, labels)
         cb, cl = _as_arrays(crowd, crowd_labels)
-        return ImageRecord(image_file, image_id, width, height, b, l, cb, cl), len(objects)
+        self.num_degenerate += n_degenerate
+        return ImageRecord(image_file, image_id, width, height, b, l, cb, cl, n_degenerate), len(objects)

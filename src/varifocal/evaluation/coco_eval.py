@@ -8,6 +8,13 @@ in the result. Neither is needed to import this module, only to evaluate
 Detections go to COCO as ``[x1, y1, x2 - x1, y2 - y1]`` (no "+1") with the original category
 id: label ``k`` -> ``cat_ids[k]``, the k-th category id in ascending order.
 
+Ground truth: a dataset (:class:`~varifocal.data.CocoDetection`,
+:class:`~varifocal.data.VOCDetection`) is scored on exactly the boxes it kept
+(``to_coco_dict()``): boxes its loader dropped as degenerate / off-image (or flagged
+``"ignore"``) are not ground truth and are reported as counts (``dropped_boxes``,
+``ignored_boxes``); crowd boxes are ignore regions (``iscrowd=1``). A path or a dict is scored
+as it is (the official COCO protocol).
+
 Prediction files: either a plain COCO results list (``[{"image_id", "category_id", "bbox",
 "score"}, ...]``) or the object written by :func:`write_predictions`
 (``{"class_names", "cat_ids", "detections": [...]}``), whose class list is checked against the
@@ -231,6 +238,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
             f" {title:<18} {kind} @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] = {metrics['stats'][name]:0.3f}"
         )
     rows = metrics.get("per_class", [])
+    notes = _notes(metrics)
     if rows:
         width = max(8, max(len(r["name"]) for r in rows))
         lines.append("")
@@ -240,8 +248,23 @@ def format_summary(metrics: dict[str, Any]) -> str:
                 f"{r['name']:<{width}}  {_fmt(r['AP']):>6}  {_fmt(r['AP50']):>6}  {_fmt(r['AP75']):>6}  "
                 f"{r['num_gt']:>7d}  {r['num_dets']:>8d}"
             )
+    lines.extend(notes)
     lines.append(f"backend: {metrics.get('backend', '?')}")
     return "\n".join(lines)
+
+
+def _notes(metrics: dict[str, Any]) -> list[str]:
+    """Lines saying what was left out of the evaluation (none when nothing was)."""
+    notes = []
+    skipped = metrics.get("skipped_images") or []
+    if skipped:
+        names = ", ".join(os.path.basename(str(f)) for f in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        notes.append(f"skipped {len(skipped)} unreadable images (not evaluated): {names}")
+    if metrics.get("dropped_boxes"):
+        notes.append(f"dropped {metrics['dropped_boxes']} degenerate / off-image boxes (not scored)")
+    if metrics.get("ignored_boxes"):
+        notes.append(f"left out {metrics['ignored_boxes']} boxes flagged 'ignore' (not scored)")
+    return [""] + notes if notes else []
 
 
 class CocoEvaluator:
@@ -250,7 +273,9 @@ class CocoEvaluator:
     Args:
         gt: the ground truth: a COCO annotation file path, a COCO-format dict, a pycocotools
             ``COCO`` object, or a dataset with ``to_coco_dict()`` (:class:`CocoDetection`,
-            :class:`VOCDetection`).
+            :class:`VOCDetection`): then exactly the images and boxes the dataset kept, and
+            the per-image counts of its dropped boxes (``records[].num_degenerate`` /
+            ``num_ignored``) are reported by :meth:`evaluate`.
         class_names, cat_ids: the model's classes (label k = ``class_names[k]`` with category
             id ``cat_ids[k]``), as stored in its checkpoint. Default: all categories of ``gt``
             in ascending id order. Each id must exist in ``gt`` under the same name.
@@ -271,6 +296,8 @@ class CocoEvaluator:
         backend: str = "auto",
     ) -> None:
         self.backend, self._COCO, self._COCOeval = _backend(backend)
+        # image id -> (degenerate, ignore-flagged) annotations the dataset dropped (not scored)
+        self._dropped: dict[int, tuple[int, int]] = {}
         if isinstance(gt, (str, os.PathLike)):
             self.source = str(gt)
             data = read_coco_json(gt)
@@ -282,6 +309,11 @@ class CocoEvaluator:
             self.source = str(getattr(gt, "source", type(gt).__name__))
             data = gt.to_coco_dict()
             validate_coco_dict(data, self.source)
+            for r in getattr(gt, "records", ()):
+                self._dropped[int(r.image_id)] = (
+                    int(getattr(r, "num_degenerate", 0)),
+                    int(getattr(r, "num_ignored", 0)),
+                )
         elif hasattr(gt, "dataset") and isinstance(gt.dataset, dict):
             self.source = "<COCO object>"
             data = gt.dataset
@@ -389,7 +421,10 @@ class CocoEvaluator:
     # ---- evaluation ------------------------------------------------------------------------
 
     def evaluate(
-        self, predictions: list[dict[str, Any]] | str | os.PathLike, image_ids: Sequence[int] | None = None
+        self,
+        predictions: list[dict[str, Any]] | str | os.PathLike,
+        image_ids: Sequence[int] | None = None,
+        skipped_images: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Run bbox COCOeval.
 
@@ -398,13 +433,19 @@ class CocoEvaluator:
                 object of :func:`write_predictions`). An empty list gives AP 0.
             image_ids: evaluate on these images only (default: every image of the ground
                 truth; images without detections count as misses).
+            skipped_images: file names of images that could not be read and were left out
+                of ``image_ids`` (only reported: ``skipped_images`` / ``num_skipped_images``).
 
         Returns:
             ``{"backend": str, "iou_type": "bbox", "num_images": int, "num_detections": int,
             "stats": {name: float for the 12 STAT_NAMES} (-1 where COCOeval has no ground
             truth, e.g. APs without small objects), "per_class": [{"name", "category_id",
             "AP", "AP50", "AP75", "num_gt" (non-crowd), "num_dets"}] (AP None for a class
-            without ground truth), "class_names", "cat_ids"}``.
+            without ground truth), "class_names", "cat_ids", "num_skipped_images": int,
+            "skipped_images": [file names], "dropped_boxes": int (degenerate / off-image
+            boxes of the evaluated images that the dataset dropped: not scored; 0 for a
+            path or dict ground truth), "ignored_boxes": int (likewise, ``"ignore"``-flagged
+            annotations)}``.
 
         Raises:
             DataError: unreadable predictions, or a detection with an unknown image /
@@ -447,6 +488,10 @@ class CocoEvaluator:
             "per_class": per_class,
             "class_names": list(self.class_names),
             "cat_ids": list(self.cat_ids),
+            "num_skipped_images": len(skipped_images),
+            "skipped_images": [str(f) for f in skipped_images],
+            "dropped_boxes": sum(self._dropped.get(i, (0, 0))[0] for i in eval_ids),
+            "ignored_boxes": sum(self._dropped.get(i, (0, 0))[1] for i in eval_ids),
         }
         self.last_metrics = metrics
         return metrics
