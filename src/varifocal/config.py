@@ -15,13 +15,15 @@ total batch (linear rule, spec §6.2: 0.005 for 8 images).
 Every value is type-checked against its field's annotation. ``Literal`` fields only accept the
 listed values. An int is accepted for a float field; so is a string that parses as a float,
 because YAML 1.1 reads ``1e-4`` (no dot) as a string. Unknown keys raise :class:`ConfigError`
-with a close-match suggestion.
+with a close-match suggestion. Every number is range-checked by :func:`validate_config`, and no
+float may be nan or infinite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -361,51 +363,100 @@ def _apply_override(cfg: Config, override: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _numbers(value: Any, key: str) -> list[tuple[str, Any]]:
+    """``(dotted key, number)`` for a number or every number inside nested lists/tuples."""
+    if isinstance(value, (list, tuple)):
+        return [item for i, v in enumerate(value) for item in _numbers(v, f"{key}[{i}]")]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [(key, value)]
+    return []
+
+
+def _check_finite(obj: Any, prefix: str, source: str) -> None:
+    """Every float of every section, lists included, must be finite (YAML ``.nan``/``.inf`` and
+    the strings ``nan``/``inf`` parse as floats)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.", source)
+            continue
+        for where, number in _numbers(value, key):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"{source}: {where} must be a finite number, got {number}")
+
+
 def validate_config(cfg: Config, source: str = "config") -> None:
-    """Checks that go beyond types.
+    """Checks that go beyond types: every float is finite, and every number is in its range:
+
+    - ``model``: num_classes >= 1; test_scale positive.
+    - ``data``: train_scale and train_scales positive (and enough of them for the
+      multiscale_mode); flip_prob in [0, 1]; min_size, num_workers >= 0.
+    - ``train``: epochs, batch_size, checkpoint_interval, log_interval >= 1; lr > 0;
+      momentum in [0, 1); weight_decay, bias_lr_mult, bias_decay_mult, warmup_iters,
+      eval_interval >= 0; warmup_ratio in (0, 1]; lr_steps increasing positive epochs;
+      lr_gamma > 0; grad_clip > 0 or null; seed in [0, 2**63).
+    - ``eval``: score_thr in [0, 1); nms_iou in (0, 1]; nms_pre, max_per_img, batch_size >= 1.
 
     Raises:
-        ConfigError: a value out of range or an inconsistent combination.
+        ConfigError: one line naming ``source`` and the key, for a value that is not finite, out
+            of range, or an inconsistent combination.
     """
 
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {message}")
 
-    need(cfg.model.num_classes >= 1, f"model.num_classes must be >= 1, got {cfg.model.num_classes}")
-    need(min(cfg.model.test_scale) > 0, f"model.test_scale must be positive, got {list(cfg.model.test_scale)}")
+    def at_least(key: str, value: float, low: float) -> None:
+        need(value >= low, f"{key} must be >= {low}, got {value}")
+
+    def positive(key: str, value: float) -> None:
+        need(value > 0, f"{key} must be > 0, got {value}")
+
+    def scales(key: str, value: Any) -> None:
+        need(all(n > 0 for _, n in _numbers(value, key)), f"{key} must be positive, got {_plain(value)}")
+
+    _check_finite(cfg, "", source)
+    m = cfg.model
+    at_least("model.num_classes", m.num_classes, 1)
+    scales("model.test_scale", m.test_scale)
     d = cfg.data
-    need(min(d.train_scale) > 0, f"data.train_scale must be positive, got {list(d.train_scale)}")
-    need(all(min(s) > 0 for s in d.train_scales), f"data.train_scales must be positive, got {d.train_scales}")
+    scales("data.train_scale", d.train_scale)
+    scales("data.train_scales", d.train_scales)
     if d.multiscale_mode == "value":
         need(len(d.train_scales) >= 1, "data.multiscale_mode 'value' needs at least one entry in data.train_scales")
     if d.multiscale_mode == "range":
         need(len(d.train_scales) >= 2, "data.multiscale_mode 'range' needs at least two entries in data.train_scales")
     need(0.0 <= d.flip_prob <= 1.0, f"data.flip_prob must be in [0, 1], got {d.flip_prob}")
-    need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
-    need(d.min_size >= 0, f"data.min_size must be >= 0, got {d.min_size}")
+    at_least("data.num_workers", d.num_workers, 0)
+    at_least("data.min_size", d.min_size, 0)
     t = cfg.train
-    need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
-    need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    need(t.momentum >= 0 and t.weight_decay >= 0, "train.momentum and train.weight_decay must be >= 0")
-    need(t.warmup_iters >= 0, f"train.warmup_iters must be >= 0, got {t.warmup_iters}")
+    at_least("train.epochs", t.epochs, 1)
+    at_least("train.batch_size", t.batch_size, 1)
+    positive("train.lr", t.lr)
+    need(0.0 <= t.momentum < 1.0, f"train.momentum must be in [0, 1), got {t.momentum}")
+    at_least("train.weight_decay", t.weight_decay, 0)
+    at_least("train.bias_lr_mult", t.bias_lr_mult, 0)
+    at_least("train.bias_decay_mult", t.bias_decay_mult, 0)
+    at_least("train.warmup_iters", t.warmup_iters, 0)
     need(0.0 < t.warmup_ratio <= 1.0, f"train.warmup_ratio must be in (0, 1], got {t.warmup_ratio}")
     need(
         all(b > a for a, b in zip([0] + t.lr_steps, t.lr_steps)),
         f"train.lr_steps must be increasing positive epochs, got {t.lr_steps}",
     )
+    positive("train.lr_gamma", t.lr_gamma)
     need(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
-    need(t.checkpoint_interval >= 1, f"train.checkpoint_interval must be >= 1, got {t.checkpoint_interval}")
-    need(t.eval_interval >= 0, f"train.eval_interval must be >= 0, got {t.eval_interval}")
-    need(t.log_interval >= 1, f"train.log_interval must be >= 1, got {t.log_interval}")
+    need(0 <= t.seed < 2**63, f"train.seed must be in [0, 2**63), got {t.seed}")
+    at_least("train.checkpoint_interval", t.checkpoint_interval, 1)
+    at_least("train.eval_interval", t.eval_interval, 0)
+    at_least("train.log_interval", t.log_interval, 1)
     e = cfg.eval
     need(e.score_thr is None or 0.0 <= e.score_thr < 1.0, f"eval.score_thr must be in [0, 1), got {e.score_thr}")
     need(e.nms_iou is None or 0.0 < e.nms_iou <= 1.0, f"eval.nms_iou must be in (0, 1], got {e.nms_iou}")
-    need(
-        all(v is None or v >= 1 for v in (e.nms_pre, e.max_per_img)) and e.batch_size >= 1,
-        "eval.nms_pre, max_per_img and batch_size must be >= 1",
-    )
+    for key, value in (("eval.nms_pre", e.nms_pre), ("eval.max_per_img", e.max_per_img)):
+        if value is not None:
+            at_least(key, value, 1)
+    at_least("eval.batch_size", e.batch_size, 1)
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +13,11 @@ from ..models.layers.dcn import ModulatedDeformConv2d
 __all__ = ["build_param_groups", "build_optimizer", "lr_factor"]
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def _check(name: str, value: float, ok: Callable[[float], bool], rule: str) -> None:
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be finite and {rule}, got {value}")
 
 
 def build_param_groups(
@@ -63,7 +69,21 @@ def build_optimizer(
     bias_lr_mult: float = 2.0,
     bias_decay_mult: float = 0.0,
 ) -> torch.optim.SGD:
-    """SGD (no Nesterov) over :func:`build_param_groups`."""
+    """SGD (no Nesterov) over :func:`build_param_groups`.
+
+    Raises:
+        ValueError: ``lr`` not finite and > 0, ``momentum`` outside [0, 1), or a
+            ``weight_decay``/multiplier that is negative or not finite (the config is checked
+            first, :func:`varifocal.config.validate_config`; this guards direct calls).
+    """
+    _check("lr", lr, lambda v: v > 0, "> 0")
+    _check("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+    for name, value in (
+        ("weight_decay", weight_decay),
+        ("bias_lr_mult", bias_lr_mult),
+        ("bias_decay_mult", bias_decay_mult),
+    ):
+        _check(name, value, lambda v: v >= 0, ">= 0")
     groups = build_param_groups(model, lr, weight_decay, bias_lr_mult, bias_decay_mult)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -85,10 +105,13 @@ def lr_factor(
     ``warmup_ratio`` flat.
 
     Raises:
-        ValueError: an unknown ``warmup``.
+        ValueError: an unknown ``warmup``, ``gamma`` not finite and > 0, or ``warmup_ratio``
+            outside (0, 1] (a negative factor would train with a negative learning rate).
     """
     if warmup not in ("linear", "constant"):
         raise ValueError(f"warmup must be 'linear' or 'constant', got {warmup!r}")
+    _check("gamma", gamma, lambda v: v > 0, "> 0")
+    _check("warmup_ratio", warmup_ratio, lambda v: 0 < v <= 1, "in (0, 1]")
     factor = gamma ** sum(1 for s in steps if epoch >= s)
     if iteration < warmup_iters:
         factor *= (

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, _load_into, read_checkpoint, save_checkpoint
 from ..config import Config, config_to_dict
 from ..utils import dist as dist_utils
 
@@ -74,22 +74,45 @@ def restore(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, use_amp: bool
 ) -> tuple[int, int, float]:
     """Load a ``last.pth`` of :func:`save_last` into ``model``, ``optimizer``, ``scaler`` (when
-    ``use_amp``) and the global RNGs.
+    ``use_amp``) and the global RNGs. The file is read once; nothing is changed when it lacks the
+    training state.
 
     Returns:
         ``(epoch, iteration, best_ap)``: completed epochs, iterations done, best AP so far.
 
     Raises:
-        CheckpointError: unreadable file or a model that does not match.
+        CheckpointError: one line naming the file: unreadable, no training state (an
+            inference-only checkpoint such as ``best.pth``, a slimmed or converted file, or an
+            MMDetection one), or a model or optimizer that does not match. (``CheckpointError``
+            and not the trainer's ``TrainingError``: this module is imported by the trainer and
+            does not import it back; the CLI reports both in one line.)
     """
-    state = read_checkpoint(path)["raw"]
-    load_checkpoint(model, path)
-    optimizer.load_state_dict(state["optimizer"])
+    ckpt = read_checkpoint(path, check_model_kwargs=False)
+    state = ckpt["raw"]
+    missing = [k for k in _TRAINING_KEYS if k not in state]
+    if missing:
+        what = "an inference-only" if "optimizer" in missing else "an incomplete"
+        raise CheckpointError(
+            f"{path}: {what} {ckpt['format']} checkpoint with no training state to resume from "
+            f"(missing {', '.join(missing)}); resume from a last.pth written by training, or start a new run "
+            "with model.load_from to initialise the weights from it"
+        )
+    _load_into(model, ckpt, path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: its optimizer state does not fit this run's optimizer ({' '.join(str(exc).split())})"
+        ) from None
     if "scaler" in state and use_amp:
         scaler.load_state_dict(state["scaler"])
     start_epoch, iteration, best_ap = int(state["epoch"]), int(state["iteration"]), float(state["best_ap"])
     _set_rng_state(state["rng"])
     return start_epoch, iteration, best_ap
+
+
+#: Entries of a ``last.pth`` that :func:`restore` needs besides the weights.
+_TRAINING_KEYS = ("optimizer", "epoch", "iteration", "best_ap", "rng")
 
 
 # ------------------------------------------------------------------------------ checkpoints
