@@ -262,3 +262,23 @@ def test_voc_dropped_boxes_are_counted_not_scored(tmp_path):
     )
     assert m["stats"]["AP"] == pytest.approx(1.0, abs=1e-12) and m["dropped_boxes"] == 1
     assert [r["num_gt"] for r in m["per_class"]] == [1, 0]
+
+
+def test_ground_truth_without_area_uses_the_box_area(tmp_path):
+    """Box-only exporters may omit ``area``; pycocotools needs it for its area ranges. A
+    perfect prediction of such a box (100 × 20 px = 2000 px², "medium") scores AP 1.0."""
+    from varifocal.evaluation import evaluate_file
+
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 20], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(
+        json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 20], "score": 0.9}])
+    )
+    metrics = evaluate_file(tmp_path / "gt.json", tmp_path / "pred.json", tmp_path / "out")
+    assert metrics["stats"]["AP"] == pytest.approx(1.0) and metrics["stats"]["APm"] == pytest.approx(1.0)
+    assert metrics["stats"]["APs"] == -1.0 and metrics["stats"]["APl"] == -1.0
+    assert "area" not in json.loads((tmp_path / "gt.json").read_text())["annotations"][0]  # input untouched

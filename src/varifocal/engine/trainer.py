@@ -14,6 +14,7 @@ names are importable from here too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import Config
-from ..data import AspectRatioGroupedBatchSampler, collate
+from ..config import Config, ConfigError, config_to_dict, save_config
+from ..data import AspectRatioGroupedBatchSampler, DataError, collate
+from ..utils.io import run_lock
 from . import state
 from .build import build_datasets, model_from_config, model_kwargs_from_config
 from .evaluate import evaluate, run_inference
@@ -103,62 +106,71 @@ def train(cfg: Config, resume: bool = False, max_iters: int | None = None) -> di
         ``{'epoch', 'iteration', 'best_ap', 'last_metrics', 'model'}`` (the trained model,
         unwrapped from DDP).
 
+    ``<out_dir>/config.yaml`` is written once the set-up (datasets, model, resume) succeeded;
+    an out dir whose ``config.yaml`` is another run's is refused unless resuming.
+
     Raises:
         TrainingError: non-finite loss (the last good checkpoint stays), a class-count mismatch
             between model and data, or ``resume`` without a checkpoint.
+        ConfigError: ``out_dir`` holds another run's ``config.yaml`` and ``resume`` is off.
+        DataError: a training set without images or without any box.
     """
     t = cfg.train
     rank, world, device = _setup_distributed()
     is_main = rank == 0
+    _check_run_config(cfg, Path(t.out_dir), resume or bool(t.resume))
     out_dir, log = _setup_output(Path(t.out_dir), is_main)
-    _seed_everything(t.seed)
-    train_ds, val_ds, sampler = _build_data(cfg, rank, world)
-    model, loss_module, optimizer, scaler, use_amp = _build_model_and_optimizer(cfg, train_ds, device, world)
-    start_epoch, iteration, best_ap = 0, 0, -1.0
-    if resume or t.resume:
-        start_epoch, iteration, best_ap = _resume(cfg, out_dir, model, optimizer, scaler, use_amp, log)
+    with run_lock(out_dir) if is_main else contextlib.nullcontext():
+        _seed_everything(t.seed)
+        train_ds, val_ds, sampler = _build_data(cfg, rank, world)
+        model, loss_module, optimizer, scaler, use_amp = _build_model_and_optimizer(cfg, train_ds, device, world)
+        start_epoch, iteration, best_ap = 0, 0, -1.0
+        if resume or t.resume:
+            start_epoch, iteration, best_ap = _resume(cfg, out_dir, model, optimizer, scaler, use_amp, log)
+        if is_main:  # only now that data, model and resume state are valid
+            save_config(cfg, out_dir / "config.yaml")
 
-    class_info = {"class_names": list(train_ds.class_names), "cat_ids": list(train_ds.cat_ids)}
-    model_kwargs = model_kwargs_from_config(cfg)
-    last_metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, t.epochs):
-        loader = _epoch_loader(train_ds, sampler, epoch, cfg.data.num_workers)
-        iteration = train_one_epoch(
-            model,
-            loss_module,
-            loader,
-            optimizer,
-            scaler,
-            device,
-            epoch,
-            iteration,
-            cfg,
-            log,
-            use_amp=use_amp,
-            last_path=out_dir / "last.pth",
-            max_iters=max_iters,
-        )
-        if max_iters is not None and iteration >= max_iters:
-            break
-        if is_main:  # the main process evaluates and writes; the others wait
-            last_metrics, best_ap = _evaluate_and_checkpoint(
-                cfg,
+        class_info = {"class_names": list(train_ds.class_names), "cat_ids": list(train_ds.cat_ids)}
+        model_kwargs = model_kwargs_from_config(cfg)
+        last_metrics: dict[str, Any] = {}
+        for epoch in range(start_epoch, t.epochs):
+            loader = _epoch_loader(train_ds, sampler, epoch, cfg.data.num_workers)
+            iteration = train_one_epoch(
                 model,
+                loss_module,
+                loader,
                 optimizer,
                 scaler,
-                val_ds,
                 device,
-                out_dir,
-                log,
                 epoch,
                 iteration,
-                best_ap,
-                last_metrics,
-                class_info,
-                model_kwargs,
+                cfg,
+                log,
+                use_amp=use_amp,
+                last_path=out_dir / "last.pth",
+                max_iters=max_iters,
             )
-        if world > 1:
-            torch.distributed.barrier()
+            if max_iters is not None and iteration >= max_iters:
+                break
+            if is_main:  # the main process evaluates and writes; the others wait
+                last_metrics, best_ap = _evaluate_and_checkpoint(
+                    cfg,
+                    model,
+                    optimizer,
+                    scaler,
+                    val_ds,
+                    device,
+                    out_dir,
+                    log,
+                    epoch,
+                    iteration,
+                    best_ap,
+                    last_metrics,
+                    class_info,
+                    model_kwargs,
+                )
+            if world > 1:
+                torch.distributed.barrier()
     return {
         "epoch": epoch + 1 if t.epochs > start_epoch else start_epoch,
         "iteration": iteration,
@@ -169,6 +181,53 @@ def train(cfg: Config, resume: bool = False, max_iters: int | None = None) -> di
 
 
 # ------------------------------------------------------------------------------ steps of train()
+def _config_differences(new: dict[str, Any], old: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix.rstrip(".") or "config"] if new != old else []
+    keys = list(new) + [k for k in old if k not in new]
+    return [d for k in keys for d in _config_differences(new.get(k), old.get(k), f"{prefix}{k}.")]
+
+
+#: config keys that change how a run is executed, not which run it is
+_RUN_NEUTRAL_KEYS = {
+    "data.skip_bad_images",
+    "data.num_workers",
+    "train.resume",
+    "train.log_interval",
+    "eval.batch_size",
+}
+
+#: files that show that an out dir holds the results of a run
+_RUN_RESULTS = ("last.pth", "best.pth", "metrics.jsonl")
+
+
+def _check_run_config(cfg: Config, out_dir: Path, resume: bool) -> None:
+    """Refuse to start a new run in an out dir whose ``config.yaml`` is another run's unless
+    resuming it. Allowed: the same config (a re-run; keys of ``_RUN_NEUTRAL_KEYS`` such as
+    ``data.skip_bad_images`` may differ), and an out dir without results (no ``last.pth``,
+    ``best.pth`` or ``metrics.jsonl``: a run that failed during its set-up).
+
+    Raises:
+        ConfigError: naming the out dir, the first differing keys and the two ways out.
+    """
+    path = out_dir / "config.yaml"
+    if resume or not path.is_file() or not any((out_dir / name).exists() for name in _RUN_RESULTS):
+        return
+    new = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        old = None
+    diff = [k for k in _config_differences(new, old) if k not in _RUN_NEUTRAL_KEYS]
+    if diff:
+        keys = ", ".join(diff[:4]) + (", …" if len(diff) > 4 else "")
+        raise ConfigError(
+            f"{path}: train.out_dir holds another run (its config differs in {keys}); "
+            "pass --resume to continue that run, or set train.out_dir to a new folder"
+        )
+
+
 def _setup_output(out_dir: Path, is_main: bool) -> tuple[Path, _Logger]:
     """Create ``out_dir`` (main process) and the logger (silent on the other ranks)."""
     if is_main:
@@ -181,6 +240,12 @@ def _build_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any, AspectRat
     ``train.eval_interval`` is 0) and this rank's aspect-ratio-grouped batch sampler."""
     t = cfg.train
     train_ds, val_ds = build_datasets(cfg, train=True, val=t.eval_interval > 0)
+    if len(train_ds) == 0 or not any(len(r.boxes) for r in train_ds.records):
+        what = "no images" if len(train_ds) == 0 else f"no boxes in any of its {len(train_ds)} images"
+        raise DataError(
+            f"{train_ds.source}: the training set has {what}; check data.train_ann / data.train_images "
+            "(and data.min_size, data.drop_empty)"
+        )
     if train_ds.num_classes != cfg.model.num_classes:
         raise TrainingError(
             f"model.num_classes={cfg.model.num_classes} but {train_ds.source} has {train_ds.num_classes} classes "

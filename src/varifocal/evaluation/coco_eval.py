@@ -358,6 +358,16 @@ class CocoEvaluator:
                 )
 
     def _make_coco(self, data: dict[str, Any]) -> Any:
+        """A COCO ground-truth object of ``data``. Annotations without ``area`` (allowed by
+        box-only exporters, needed by pycocotools' area ranges) get the box area w·h, on a copy."""
+        if any("area" not in ann for ann in data["annotations"]):
+            data = {
+                **data,
+                "annotations": [
+                    ann if "area" in ann else {**ann, "area": float(ann["bbox"][2]) * float(ann["bbox"][3])}
+                    for ann in data["annotations"]
+                ],
+            }
         with contextlib.redirect_stdout(io.StringIO()):
             coco = self._COCO()
             coco.dataset = data
