@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "read_checkpoint",
     "load_checkpoint",
+    "load_state_into",
     "save_checkpoint",
     "state_dict_sha256",
     "validate_model_kwargs",
@@ -341,10 +342,10 @@ def load_checkpoint(
             another architecture or class count).
     """
     ckpt = read_checkpoint(path, check_model_kwargs=False)
-    return _load_into(model, ckpt, path, strict=strict, prefixes=prefixes)
+    return load_state_into(model, ckpt, path, strict=strict, prefixes=prefixes)
 
 
-def _load_into(
+def load_state_into(
     model: nn.Module,
     ckpt: dict[str, Any],
     path: str | os.PathLike,
@@ -352,7 +353,9 @@ def _load_into(
     strict: bool = True,
     prefixes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """:func:`load_checkpoint` of an already read checkpoint (``path`` names it in errors)."""
+    """:func:`load_checkpoint` of a checkpoint already read by :func:`read_checkpoint` (so it is
+    read and hash-checked once); ``path`` names it in errors. Same arguments, return value and
+    errors as :func:`load_checkpoint`."""
     own = model.state_dict()
     state = _rename_legacy_keys(ckpt["state_dict"], own) if ckpt["format"] == "mmdet" else ckpt["state_dict"]
 
@@ -486,7 +489,7 @@ def _convert_mmdet(
     name, kwargs = infer_model_name(ckpt["state_dict"])
     name = model_name or name
     model = build_model(name, **kwargs)
-    info = _load_into(model, ckpt, src)
+    info = load_state_into(model, ckpt, src)
     save_checkpoint(
         dst,
         model,

@@ -245,3 +245,12 @@ def test_ddp_two_processes_equal_one_process_with_same_global_batch(tmp_path):
     assert not math.isclose(
         float((a["bbox_head.vfnet_cls.bias"] - init.state_dict()["bbox_head.vfnet_cls.bias"]).abs().max()), 0.0
     )
+
+
+def test_resume_auto_continues_from_last_pth(tmp_path):
+    """``train.resume=auto`` means ``<out_dir>/last.pth`` (config docstring), not a file named auto."""
+    cfg = tiny_config(tmp_path, "auto", epochs=1)
+    run_cli("train", str(cfg))
+    proc = run_cli("train", str(cfg), "train.epochs=2", "train.resume=auto")
+    assert f"resumed from {tmp_path / 'auto' / 'last.pth'}: epoch 1" in proc.stdout
+    assert read_checkpoint(tmp_path / "auto" / "last.pth")["raw"]["epoch"] == 2

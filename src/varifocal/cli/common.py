@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from ..checkpoint import CheckpointError, load_state_into, read_checkpoint
 from ..models.zoo import build_model, list_models
 
 __all__ = [
@@ -178,7 +178,7 @@ def model_and_kwargs_from_checkpoint(
         ) from None
     except ValueError as exc:  # e.g. a stored test_cfg value out of range
         raise CheckpointError(f"{path}: cannot rebuild {name} from its stored arguments ({exc})") from None
-    load_checkpoint(model, path)
+    load_state_into(model, ckpt, path)
     return model, stored
 
 

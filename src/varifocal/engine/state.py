@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, _load_into, read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
 from ..config import Config, config_to_dict
 from ..utils import dist as dist_utils
 
@@ -97,7 +97,7 @@ def restore(
             f"(missing {', '.join(missing)}); resume from a last.pth written by training, or start a new run "
             "with model.load_from to initialise the weights from it"
         )
-    _load_into(model, ckpt, path)
+    load_state_into(model, ckpt, path)
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError) as exc:

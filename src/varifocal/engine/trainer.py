@@ -286,7 +286,8 @@ def _resume(
     log: _Logger,
 ) -> tuple[int, int, float]:
     """``(start_epoch, iteration, best_ap)`` restored from ``cfg.train.resume`` or ``last.pth``."""
-    resume_path = Path(cfg.train.resume) if cfg.train.resume else out_dir / "last.pth"
+    resume = cfg.train.resume
+    resume_path = Path(resume) if resume and resume != "auto" else out_dir / "last.pth"
     if not resume_path.is_file():
         raise TrainingError(f"{resume_path}: no checkpoint to resume from")
     start_epoch, iteration, best_ap = state.restore(resume_path, model, optimizer, scaler, use_amp)
