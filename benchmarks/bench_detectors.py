@@ -1,20 +1,39 @@
-"""CPU speed and memory of VFNet-R50 side by side with torchvision's FCOS and RetinaNet (issue 4).
+"""CPU speed and memory of our detectors side by side with torchvision's FCOS and RetinaNet.
 
 Everything is timed in ONE process and ONE run, on the same inputs and with the same intra-op
 thread count, so that machine noise mostly cancels in the ratios. Every timed case runs once
 per round, round-robin (the starting case rotates each round), so a change of machine load
 hits all cases alike. After ``--warmup`` untimed rounds, ``--repeat`` timed rounds follow; the
-report gives the median of those N runs (and N).
+report gives the median of those N runs (and N). ``--models`` picks a subset (default all).
 
-Models (random weights, ``num_classes=80`` for all three):
+Models (random weights, ``num_classes=80`` for all). Ours, each timed as
+``model.predict(batch, metas)`` (preprocessed tensor in, detections out: backbone, FPN, head,
+post-processing with NMS) and trained with ``model.loss(batch, metas, gt_bboxes, gt_labels)``:
 
 * ``vfnet_r50``: ``varifocal.build_model('vfnet_r50_fpn', num_classes=80,
-  star_conv_impl=--star-impl)``. Inference = ``model.predict(batch, metas)``: preprocessed
-  tensor in, detections out (backbone, FPN, head, post-processing with NMS).
-* ``fcos_r50``: ``torchvision.models.detection.fcos_resnet50_fpn(weights=None,
-  weights_backbone=None, num_classes=80)``. The baseline of every ratio.
-* ``retinanet_r50``: ``retinanet_resnet50_fpn(weights=None, weights_backbone=None,
-  num_classes=80)``.
+  star_conv_impl=--star-impl)`` (issue 4).
+* ``retinanet_r50``: ``varifocal.build_model('retinanet_r50_fpn', num_classes=80)``
+  (MMDetection's ``retinanet_r50_fpn_1x_coco``).
+* ``fcos_r50``: ``varifocal.models.detectors.fcos.fcos(depth=50, style='pytorch',
+  num_classes=80)``. Not the zoo's ``fcos_r50_caffe_fpn_gn_head``: its caffe-style trunk only
+  moves each first bottleneck's stride from the 3×3 conv to the 1×1 conv1 (and freezes the BN
+  affines), so the pytorch-style trunk is the same ResNet-50 as torchvision's and the FCOS
+  comparison is like for like. FPN, head and post-processing are the zoo model's.
+* ``atss_r50``: ``varifocal.build_model('atss_r50_fpn', num_classes=80)``; torchvision has no
+  ATSS, it is compared with torchvision's FCOS (same anchor-free head layout, one anchor per
+  location).
+
+Torchvision's:
+
+* ``tv_fcos_r50``: ``torchvision.models.detection.fcos_resnet50_fpn(weights=None,
+  weights_backbone=None, num_classes=80)``. The baseline (``BASELINE``) of every ratio column.
+* ``tv_retinanet_r50``: ``retinanet_resnet50_fpn(weights=None, weights_backbone=None,
+  num_classes=80)``. It takes P6 from P5 (``LastLevelP6P7(256, 256)``: a 3×3/2 conv with 256
+  input channels) where ours, like MMDetection, takes it from C5 (``add_extra_convs='on_input'``:
+  2048 input channels), so our RetinaNet has 8× the FLOPs in that one conv: +2.25 GFLOPs at
+  1333×800 (2.58 instead of 0.32 on the 13×21 P6 map; under 0.5 % of the model, the GFLOPs
+  column shows it). Both take P7 from P6 (torchvision with a ReLU in between, ours without).
+  FCOS and ATSS (ours and torchvision's) all take P6 from the P5 output.
 
 Inputs. A size ``WxH`` (e.g. ``1333x800``) is an image of H rows and W columns, zero-padded on
 the right/bottom to multiples of 32, as our preprocessor pads: 1333x800 → a ``[1, 3, 800, 1344]``
@@ -41,12 +60,15 @@ What is measured:
 1. Inference (eval mode, ``torch.no_grad()``), batch 1, every size in ``--sizes``.
 2. One training step (``zero_grad``, forward with losses, ``backward``, ``SGD.step``; lr 1e-4,
    momentum 0.9, wd 1e-4), batch 2 at ``--train-size``, 5 ground-truth boxes per image
-   (torchvision gets ``{'boxes', 'labels'}`` dicts, VFNet ``model.loss``).
-3. A breakdown of VFNet inference per size, from parts timed separately on the same input:
-   backbone (``model.backbone(batch)``), FPN (``model.neck`` on the backbone outputs), head
-   (``model.bbox_head`` on the FPN outputs), the two star deformable convs (their inputs at every
-   level are captured with forward pre-hooks during one head forward; the modules are then
-   called on them) and post-processing (``bbox_head.predict`` on the head outputs).
+   (torchvision gets ``{'boxes', 'labels'}`` dicts with labels 1..79, ours ``model.loss``
+   with the same labels − 1).
+3. A breakdown of VFNet inference per size (with ``vfnet_r50`` in ``--models``), from parts
+   timed separately on the same input: backbone (``model.backbone(batch)``), FPN (``model.neck``
+   on the backbone outputs), head (``model.bbox_head`` on the FPN outputs), the two star
+   deformable convs (their inputs at every level are captured with forward pre-hooks during one
+   head forward; the modules are then called on them) and post-processing
+   (``bbox_head.predict`` on the head outputs). Only VFNet has star convs: their FLOP stubs
+   (item 6) and this breakdown are VFNet's alone.
    head towers = median(head) − median(star convs): the cls/reg ConvModule stacks,
    ``vfnet_reg_conv`` and the output convs (``vfnet_reg``, ``vfnet_reg_refine``, ``vfnet_cls``).
 4. The star deformable conv against a plain ``nn.Conv2d(256, 256, 3, padding=1, bias=False)``
@@ -76,13 +98,16 @@ What is measured:
    true peak, the ru_maxrss difference reads 0. Running the children before the parent grows
    keeps both numbers meaningful; the table shows the VmHWM one.
 
-Caveats: the weights are random. All three classifiers start at the prior probability 0.01, below
-every score threshold, so post-processing sees almost no candidates; ``--dense-scores`` sets the
-classifier biases to 0 (scores 0.5) to time a busy post-processing instead. On a CPU shared with
-other busy processes every number moves; the load average is printed and recorded.
+Caveats: the weights are random. All classifiers start at the prior probability 0.01, below every
+score threshold, so post-processing sees almost no candidates; ``--dense-scores`` sets the
+classifier biases to 0 (scores 0.5) to time a busy post-processing instead (ours:
+``bbox_head.vfnet_cls`` / ``retina_cls`` / ``conv_cls`` / ``atss_cls``; torchvision:
+``head.classification_head.cls_logits``). On a CPU shared with other busy processes every
+number moves; the load average is printed and recorded.
 
     .venv/bin/python benchmarks/bench_detectors.py --json benchmarks/results_cpu.json
     .venv/bin/python benchmarks/bench_detectors.py --sizes 320x320 --repeat 1 --warmup 0
+    .venv/bin/python benchmarks/bench_detectors.py --models fcos_r50,tv_fcos_r50 --skip-train
 """
 
 from __future__ import annotations
@@ -109,11 +134,24 @@ from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_f
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import varifocal
+from varifocal.models.detectors.fcos import fcos as build_fcos
 from varifocal.models.layers.star_deform_conv import star_deform_conv2d
 
 NUM_CLASSES = 80
-MODELS = ("vfnet_r50", "fcos_r50", "retinanet_r50")
-BASELINE = "fcos_r50"
+#: Our detectors (``model.predict`` / ``model.loss`` on the preprocessed batch), with the name of
+#: their classifier conv in ``bbox_head`` (``--dense-scores`` zeroes its bias).
+OURS = {"vfnet_r50": "vfnet_cls", "retinanet_r50": "retina_cls", "fcos_r50": "conv_cls", "atss_r50": "atss_cls"}
+#: torchvision's detectors (``model(images)`` / ``model(images, targets)``).
+TORCHVISION = {"tv_fcos_r50": fcos_resnet50_fpn, "tv_retinanet_r50": retinanet_resnet50_fpn}
+MODELS = ("vfnet_r50", "retinanet_r50", "fcos_r50", "atss_r50", "tv_fcos_r50", "tv_retinanet_r50")
+BASELINE = "tv_fcos_r50"
+#: Acceptance ratios: (key stem, our model, torchvision's model it is compared with).
+PAIRS = (
+    ("vfnet_over_fcos", "vfnet_r50", "tv_fcos_r50"),
+    ("retinanet_over_tv_retinanet", "retinanet_r50", "tv_retinanet_r50"),
+    ("fcos_over_tv_fcos", "fcos_r50", "tv_fcos_r50"),
+    ("atss_over_tv_fcos", "atss_r50", "tv_fcos_r50"),
+)
 TRAIN_BATCH = 2
 # Warm-up rounds of the star conv section at least: the fast path picks its sparse thread count
 # from a few measured calls.
@@ -149,6 +187,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=_size,
         default=(640, 640),
         help=f"training step size WxH, batch {TRAIN_BATCH} (default 640x640)",
+    )
+    p.add_argument(
+        "--models",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        default=list(MODELS),
+        help=f"comma-separated subset of {','.join(MODELS)} (default all; ratios need {BASELINE})",
     )
     p.add_argument("--repeat", type=int, default=5, help="timed rounds (median of N)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
@@ -193,6 +237,10 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.star_repeat < 1:
         p.error("--repeat and --star-repeat must be ≥ 1 and --warmup ≥ 0")
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown or not args.models:
+        p.error(f"--models: unknown {', '.join(unknown) or '(empty list)'}; choose from {','.join(MODELS)}")
+    args.models = [m for m in MODELS if m in args.models]  # fixed order, no duplicates
     return args
 
 
@@ -282,13 +330,20 @@ def _freeze_like_pretrained(model: nn.Module) -> None:
 def build_model(name: str, star_impl: str, tv_bn: str, dense_scores: bool) -> nn.Module:
     """One of MODELS with random weights, the torchvision transform reduced to batching."""
     torch.manual_seed(0)
-    if name == "vfnet_r50":
-        model = varifocal.build_model("vfnet_r50_fpn", num_classes=NUM_CLASSES, star_conv_impl=star_impl)
+    if name in OURS:
+        if name == "vfnet_r50":
+            model = varifocal.build_model("vfnet_r50_fpn", num_classes=NUM_CLASSES, star_conv_impl=star_impl)
+        elif name == "retinanet_r50":
+            model = varifocal.build_model("retinanet_r50_fpn", num_classes=NUM_CLASSES)
+        elif name == "fcos_r50":
+            # pytorch-style trunk: the same ResNet-50 as torchvision's (see the module docstring)
+            model = build_fcos(depth=50, style="pytorch", num_classes=NUM_CLASSES)
+        else:
+            model = varifocal.build_model("atss_r50_fpn", num_classes=NUM_CLASSES)
         if dense_scores:
-            nn.init.zeros_(model.bbox_head.vfnet_cls.bias)
+            nn.init.zeros_(getattr(model.bbox_head, OURS[name]).bias)
         return model
-    builder = {"fcos_r50": fcos_resnet50_fpn, "retinanet_r50": retinanet_resnet50_fpn}[name]
-    model = builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
+    model = TORCHVISION[name](weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
     # The input is preprocessed already: no normalisation, no resize (resize would call
     # interpolate even at scale 1). Only batch_images (padding to 32) is left.
     model.transform.normalize = _identity_normalize
@@ -307,7 +362,7 @@ def make_step(name: str, model: nn.Module, mode: str, size: tuple[int, int], bat
     images = tv_images(batch, size)
     if mode == "infer":
         model.eval()
-        if name == "vfnet_r50":
+        if name in OURS:
 
             def infer():
                 with torch.no_grad():
@@ -324,7 +379,7 @@ def make_step(name: str, model: nn.Module, mode: str, size: tuple[int, int], bat
     gt_boxes, gt_labels = make_gt(n, size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    if name == "vfnet_r50":
+    if name in OURS:
         labels0 = [lab - 1 for lab in gt_labels]  # ours: 0..num_classes-1
 
         def losses():
@@ -410,6 +465,9 @@ def model_flops(name: str, model: nn.Module, mode: str, size: tuple[int, int], b
             with star_conv_stubs(model, star), torch.no_grad():
                 total = count_flops(lambda: model.predict(batch, metas))
             return total + sum(star)
+        if name in OURS:
+            with torch.no_grad():
+                return count_flops(lambda: model.predict(batch, metas))
         with torch.no_grad():
             return count_flops(lambda: model(images))
 
@@ -417,7 +475,7 @@ def model_flops(name: str, model: nn.Module, mode: str, size: tuple[int, int], b
     gt_boxes, gt_labels = make_gt(n, size)
 
     def fwd_bwd():
-        if name == "vfnet_r50":
+        if name in OURS:
             loss_dict = model.loss(batch, metas, gt_boxes, [lab - 1 for lab in gt_labels])
         else:
             loss_dict = model(images, [{"boxes": b, "labels": lab} for b, lab in zip(gt_boxes, gt_labels)])
@@ -494,7 +552,7 @@ def measure_memory(jobs: list[tuple[str, str, tuple[int, int]]], args) -> dict[t
             if "peak_mib" in res
             else res["error"]
         )
-        print(f"  memory {name:<14}{mode:<6}{_size_name(size):<10} {shown}", flush=True)
+        print(f"  memory {name:<18}{mode:<6}{_size_name(size):<10} {shown}", flush=True)
     return results
 
 
@@ -670,30 +728,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- memory (first, before this process grows: item 7 of the docstring) ---------------
     memory: dict[tuple, dict] = {}
     if not args.skip_memory:
-        jobs = [(name, "infer", size) for size in args.sizes for name in MODELS]
+        jobs = [(name, "infer", size) for size in args.sizes for name in args.models]
         if not args.skip_train:
-            jobs += [(name, "train", args.train_size) for name in MODELS]
+            jobs += [(name, "train", args.train_size) for name in args.models]
         print(f"peak memory: {len(jobs)} spawned children, one per (model, mode, size)", flush=True)
         memory = measure_memory(jobs, args)
 
     # ---- models and cases -------------------------------------------------------------------
     t_setup = time.perf_counter()
-    infer_models = {name: build_model(name, args.star_impl, args.tv_bn, args.dense_scores) for name in MODELS}
+    infer_models = {name: build_model(name, args.star_impl, args.tv_bn, args.dense_scores) for name in args.models}
     cases: list[Case] = []
     checked = []
     for size in args.sizes:
         batch = make_batch(1, size)
-        for name in MODELS:
+        for name in args.models:
             model = infer_models[name]
             step = make_step(name, model, "infer", size, batch)
             check_backbone_input(model, step, batch)
             flops = model_flops(name, model, "infer", size, batch)
             cases.append(Case("model", name, "infer", _size_name(size), step, flops))
             checked.append(f"{name} infer {tuple(batch.shape)}")
-        cases += breakdown_cases(infer_models["vfnet_r50"], batch, size)
+        if "vfnet_r50" in infer_models:
+            cases += breakdown_cases(infer_models["vfnet_r50"], batch, size)
     if not args.skip_train:
         batch = make_batch(TRAIN_BATCH, args.train_size)
-        for name in MODELS:
+        for name in args.models:
             model = build_model(name, args.star_impl, args.tv_bn, args.dense_scores)
             flops = model_flops(name, model, "train", args.train_size, batch)
             step = make_step(name, model, "train", args.train_size, batch)
@@ -740,7 +799,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"FLOP/s ({peak_flops_s / 1e9:.1f} GFLOP/s)"
     )
     print(
-        f"{'name':<15}{'mode':<7}{'size':<10}{'median ms':>11}{'N':>4}{'ratio':>8}"
+        f"{'name':<18}{'mode':<7}{'size':<10}{'median ms':>11}{'N':>4}{'ratio':>8}"
         f"{'GFLOPs':>9}{'% peak':>8}{'peak MiB':>10}"
     )
     for case in (c for c in cases if c.group == "model"):
@@ -755,7 +814,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "median_ms": case.median * 1e3,
             "n": len(case.times),
             "times_ms": [t * 1e3 for t in case.times],
-            "ratio_to_fcos": ratio,
+            "ratio_to_baseline": ratio,
             "gflops": case.flops / 1e9 if case.flops else None,
             "pct_peak": pct_peak(case),
             "peak_mib": mem.get("peak_mib"),
@@ -763,13 +822,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         rows.append(row)
         print(
-            f"{case.name:<15}{case.mode:<7}{case.size:<10}{row['median_ms']:>11.1f}"
+            f"{case.name:<18}{case.mode:<7}{case.size:<10}{row['median_ms']:>11.1f}"
             f"{row['n']:>4}{_fmt(ratio, '.2f', 8)}{_fmt(row['gflops'], '.1f', 9)}"
             f"{_fmt(row['pct_peak'], '.1f', 8)}{_fmt(row['peak_mib'], '.0f', 10)}"
         )
 
     breakdown = {}
-    for size in args.sizes:
+    for size in args.sizes if "vfnet_r50" in args.models else []:
         sname = _size_name(size)
         whole = lookup("model", "vfnet_r50", "infer", sname)
         parts = {c.name: c for c in cases if c.group == "part" and c.size == sname}
@@ -840,25 +899,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return a.median / b.median if a and b else None
 
     sshape = star_all[0].size
-    acceptance = {
+    tname = _size_name(args.train_size)
+    acceptance: dict[str, float | None] = {
         "star_fast_over_conv_fwd_P3": ratio_of("star", "star fast", "conv3x3", "fwd", sshape),
         "star_torchvision_over_conv_fwd_P3": ratio_of("star", "star torchvision", "conv3x3", "fwd", sshape),
-        "vfnet_over_fcos_infer_1333x800": ratio_of("model", "vfnet_r50", BASELINE, "infer", "1333x800"),
-        f"vfnet_over_fcos_train_{_size_name(args.train_size)}": (
-            None if args.skip_train else ratio_of("model", "vfnet_r50", BASELINE, "train", _size_name(args.train_size))
-        ),
     }
-    for size in args.sizes:  # every inference size run, for reference
-        acceptance.setdefault(
-            f"vfnet_over_fcos_infer_{_size_name(size)}",
-            ratio_of("model", "vfnet_r50", BASELINE, "infer", _size_name(size)),
-        )
+    for stem, ours, theirs in PAIRS:  # at 1333x800 and the training size, n/a where not run
+        acceptance[f"{stem}_infer_1333x800"] = ratio_of("model", ours, theirs, "infer", "1333x800")
+        acceptance[f"{stem}_train_{tname}"] = ratio_of("model", ours, theirs, "train", tname)
+    for size in args.sizes:  # every other inference size run, for reference
+        for stem, ours, theirs in PAIRS:
+            acceptance.setdefault(
+                f"{stem}_infer_{_size_name(size)}", ratio_of("model", ours, theirs, "infer", _size_name(size))
+            )
     print()
-    print("== acceptance ratios (medians; n/a = not run)")
-    notes = {"star_fast_over_conv_fwd_P3": "   (acceptance 1: <= 1.5)"}
+    print(
+        "== acceptance ratios (medians: ours / torchvision's, same mode and size; star conv / conv3x3; n/a = not run)"
+    )
+    notes = {
+        "star_fast_over_conv_fwd_P3": "   (acceptance 1: <= 1.5)",
+        "vfnet_over_fcos_infer_1333x800": "   (<= 1.15)",
+        f"vfnet_over_fcos_train_{tname}": "   (<= 1.3)" if tname == "640x640" else "",
+        "retinanet_over_tv_retinanet_infer_1333x800": "   (<= 1.05)",
+        "fcos_over_tv_fcos_infer_1333x800": "   (<= 1.05)",
+    }
     for key, val in acceptance.items():
         shown = "n/a" if val is None else f"{val:.2f}"
-        print(f"  {key:<40}{shown:>6}{notes.get(key, '')}")
+        print(f"  {key:<46}{shown:>6}{notes.get(key, '')}")
     print(
         f"  measured peak: {peak_flops_s / 1e9:.1f} GFLOP/s ({peak.name} {peak.size}, "
         f"median of N={n_runs}); load avg (1 min) before/after: {load_before[0]:.2f} / "
@@ -875,7 +942,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": args.threads,
         "load_avg_before": list(load_before),
         "load_avg_after": list(load_after),
+        "baseline": BASELINE,
         "settings": {
+            "models": args.models,
             "sizes": [_size_name(s) for s in args.sizes],
             "train_size": _size_name(args.train_size),
             "train_batch": TRAIN_BATCH,
