@@ -34,7 +34,8 @@ def test_metrics_equal_pycocotools_on_real_predictions():
     results = detections_to_coco(detections, image_ids, dataset.cat_ids)
     assert len(results) > 100  # a real, non-trivial predictions file
 
-    ours = CocoEvaluator(str(ANN), dataset.class_names, dataset.cat_ids).evaluate(results, image_ids=image_ids)
+    evaluator = CocoEvaluator(str(ANN), dataset.class_names, dataset.cat_ids, backend="pycocotools")
+    ours = evaluator.evaluate(results, image_ids=image_ids)
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ANN))
