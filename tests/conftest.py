@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VARIFOCAL_SHARED", REPO.parent / "shared"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The CLI's --precision auto means bf16 on CPUs with AMX: pin fp32 so that every test, and every
+# CLI subprocess it starts, computes the same numbers on every CI host (tests/utils/test_precision.py
+# unsets it to test the selection itself).
+os.environ["VARIFOCAL_PRECISION"] = "fp32"
 
 
 def shared_path(*parts: str) -> Path:

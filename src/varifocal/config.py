@@ -22,11 +22,7 @@ float may be nan or infinite.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, Union
 
@@ -36,6 +32,7 @@ __all__ = [
     "ConfigError",
     "ModelConfig",
     "DataConfig",
+    "TilesConfig",
     "TrainConfig",
     "EvalConfig",
     "Config",
@@ -75,6 +72,35 @@ class ModelConfig:
 
 
 @dataclass
+class TilesConfig:
+    """Tiled training (issue 16; :mod:`varifocal.data.tiles`): large training images are cut
+    into overlapping tiles on the fly; images that fit in one tile pass unchanged.
+
+    Attributes:
+        size: ``(width, height)`` of a tile in pixels, or one integer for a square tile;
+            ``null`` (default): no tiling.
+        overlap: fraction of a tile shared by neighbouring tiles, in ``[0, 1)``.
+        min_visibility: a box cut by a tile border stays a target when at least this fraction of
+            its area is inside the tile, in ``(0, 1]``.
+        jitter: move the interior tile borders every epoch (seeded by ``train.seed``).
+
+    With tiles, the evaluations during training are sliced as well (tiles of ``size`` with
+    ``overlap``, NMS merging; ``varifocal.engine.steps.val_slicing``), on the whole images.
+    """
+
+    size: Union[tuple[int, int], int, None] = None
+    overlap: float = 0.2
+    min_visibility: float = 0.5
+    jitter: bool = True
+
+    def wh(self) -> Union[tuple[int, int], None]:
+        """``(width, height)`` of a tile, or ``None`` when tiling is off."""
+        if self.size is None:
+            return None
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how training images are augmented.
 
@@ -96,6 +122,12 @@ class DataConfig:
         min_size: drop training images whose shorter side is below this (pixels).
         skip_bad_images: skip undecodable images instead of stopping.
         num_workers: DataLoader worker processes.
+        tiles: tiled training (:class:`TilesConfig`; off unless ``tiles.size`` is set).
+        repeat: passes over the training set per epoch (MMDetection ``RepeatDataset``; each pass
+            a fresh shuffle with its own augmentation draws; 1: one pass). For tiny datasets,
+            so that an epoch is more than a batch or two (issue 16).
+        min_iters_per_epoch: raise the repeat factor to the smallest value (>= ``repeat``)
+            that gives an epoch at least this many iterations per process (0: off).
     """
 
     format: Literal["coco", "voc"] = "coco"
@@ -115,6 +147,9 @@ class DataConfig:
     min_size: int = 32
     skip_bad_images: bool = False
     num_workers: int = 2
+    tiles: TilesConfig = field(default_factory=TilesConfig)
+    repeat: int = 1
+    min_iters_per_epoch: int = 0
 
     def path(self, relative: str) -> str:
         """``relative`` joined to ``root`` (unchanged when absolute or when ``root`` is empty)."""
@@ -135,11 +170,20 @@ class TrainConfig:
         bias_lr_mult, bias_decay_mult: multipliers for non-norm biases (spec §6.2).
         warmup_iters, warmup_ratio: warm-up from ``lr * warmup_ratio`` over that many
             iterations (0 disables it).
+        warmup_epochs: the warm-up length in epochs instead (fractional allowed: ``0.5`` is
+            half an epoch's iterations); replaces ``warmup_iters`` when not ``null``.
         warmup: ``'linear'`` (ramp to ``lr``) or ``'constant'`` (``lr * warmup_ratio`` flat,
             then ``lr``; FCOS).
-        lr_steps, lr_gamma: multiply the lr by ``lr_gamma`` after each listed epoch.
+        lr_steps, lr_gamma: multiply the lr by ``lr_gamma`` after each listed epoch; a
+            fractional epoch ``7.5`` steps in the middle of epoch 8 (at the first iteration
+            at or past ``7.5 x`` iterations per epoch).
+        lr_step_iters: the steps as global iterations instead (the lr is multiplied from
+            each listed iteration on); replaces ``lr_steps`` when not ``null``.
         grad_clip: max gradient L2 norm, or ``None`` (spec: none).
-        amp: mixed precision on CUDA.
+        amp: float16 mixed precision on CUDA (the older name of ``precision: fp16``).
+        precision: ``'fp32'`` (default), ``'bf16'`` (autocast; on the CPU also channels-last;
+            losses and box decoding stay float32), ``'fp16'`` (CUDA, with a grad scaler) or
+            ``'auto'`` (bf16 on a CPU with AMX, else fp32); :mod:`varifocal.utils.precision`.
         seed: seed for the model init, the sampler and the augmentation.
         out_dir: where checkpoints, logs and the resolved config go.
         checkpoint_interval, eval_interval: in epochs (0 disables evaluation during training).
@@ -155,12 +199,15 @@ class TrainConfig:
     bias_lr_mult: float = 2.0
     bias_decay_mult: float = 0.0
     warmup_iters: int = 500
+    warmup_epochs: Union[float, None] = None
     warmup_ratio: float = 0.1
     warmup: Literal["linear", "constant"] = "linear"
-    lr_steps: list[int] = field(default_factory=lambda: [8, 11])
+    lr_steps: list[Union[int, float]] = field(default_factory=lambda: [8, 11])
+    lr_step_iters: Union[list[int], None] = None
     lr_gamma: float = 0.1
     grad_clip: Union[float, None] = None
     amp: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     out_dir: str = "work_dirs/vfnet"
     checkpoint_interval: int = 1
@@ -181,6 +228,15 @@ class EvalConfig:
         nms_pre: candidates kept per FPN level before NMS.
         max_per_img: detections kept per image.
         batch_size: images per evaluation batch.
+        backend: COCOeval implementation: ``'auto'`` (faster-coco-eval when installed, else
+            pycocotools; the same numbers, ``benchmarks/bench_coco_eval.py``), ``'pycocotools'``
+            or ``'faster_coco_eval'``.
+        max_dets: detections per image that COCO AP counts (100 in the COCO protocol; raise
+            it, and ``max_per_img``, for images with hundreds of objects).
+        report: the training run's final evaluation also writes the evaluation report
+            (``<out_dir>/report/``: PR/F1 curves, confusion matrix, TIDE errors, score-vs-IoU
+            calibration; needs matplotlib) and saves the per-class best-F1 score thresholds in
+            the checkpoints (``varifocal predict --score-thr best``).
     """
 
     score_thr: Union[float, None] = None
@@ -188,6 +244,9 @@ class EvalConfig:
     nms_pre: Union[int, None] = None
     max_per_img: Union[int, None] = None
     batch_size: int = 1
+    backend: Literal["auto", "pycocotools", "faster_coco_eval"] = "auto"
+    max_dets: int = 100
+    report: bool = True
 
 
 @dataclass
@@ -200,263 +259,21 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# --------------------------------------------------------------------------------------------
-# Type checking
-# --------------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
-class _Mismatch(Exception):
-    pass
-
-
-def _type_name(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if tp is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_type_name(args[0])}"
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """``value`` converted to type ``tp``, or raise ``_Mismatch``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Mismatch
-        for arg in args:  # in declaration order: bool before str, float before None...
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if origin is Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise _Mismatch
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        return [_coerce(v, args[0]) for v in value]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise _Mismatch
-        return tuple(_coerce(v, a) for v, a in zip(value, args))
-    raise TypeError(f"config.py: unsupported field type {tp!r}")
-
-
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(cls):
-        full = f"{prefix}{f.name}"
-        keys.append(full)
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            keys.extend(_all_keys(tp, f"{full}."))
-    return keys
-
-
-def _unknown_key(source: str, key: str) -> ConfigError:
-    match = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.6)
-    hint = f"; did you mean '{match[0]}'?" if match else ""
-    return ConfigError(f"{source}: unknown key '{key}'{hint}")
-
-
-def _set(obj: Any, key: str, name: str, value: Any, source: str) -> None:
-    """Set field ``name`` of dataclass instance ``obj`` (full dotted key ``key``)."""
-    hints = typing.get_type_hints(type(obj))
-    if name not in hints or name not in {f.name for f in dataclasses.fields(obj)}:
-        raise _unknown_key(source, key)
-    tp = hints[name]
-    if dataclasses.is_dataclass(tp):
-        if value is None:  # an empty section in YAML ("model:") changes nothing
-            return
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' is a section and needs a mapping, got {value!r}")
-        _apply(getattr(obj, name), value, f"{key}.", source)
-        return
-    try:
-        setattr(obj, name, _coerce(value, tp))
-    except _Mismatch:
-        raise ConfigError(
-            f"{source}: '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        ) from None
-
-
-def _apply(obj: Any, mapping: dict[str, Any], prefix: str, source: str) -> None:
-    for name, value in mapping.items():
-        if not isinstance(name, str):
-            raise ConfigError(
-                f"{source}: keys must be strings, got {name!r} under '{prefix.rstrip('.') or 'top level'}'"
-            )
-        _set(obj, f"{prefix}{name}", name, value, source)
-
-
-def _apply_override(cfg: Config, override: str) -> None:
-    source = f"override '{override}'"
-    if "=" not in override:
-        raise ConfigError(f"{source}: expected key=value, e.g. train.epochs=24")
-    key, _, text = override.partition("=")
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"{source}: empty key")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: value is not valid YAML ({' '.join(str(exc).split())})") from None
-    *parents, name = key.split(".")
-    obj: Any = cfg
-    walked = []
-    for part in parents:
-        walked.append(part)
-        if part not in {f.name for f in dataclasses.fields(obj)} or not dataclasses.is_dataclass(getattr(obj, part)):
-            raise _unknown_key(source, key)
-        obj = getattr(obj, part)
-    _set(obj, key, name, value, source)
-
+# The type checking and the range checks live in private modules that use the dataclasses above.
+from ._config_coerce import _apply, _apply_override  # noqa: E402
+from ._config_validate import validate_config  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-
-
-def _numbers(value: Any, key: str) -> list[tuple[str, Any]]:
-    """``(dotted key, number)`` for a number or every number inside nested lists/tuples."""
-    if isinstance(value, (list, tuple)):
-        return [item for i, v in enumerate(value) for item in _numbers(v, f"{key}[{i}]")]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [(key, value)]
-    return []
-
-
-def _check_finite(obj: Any, prefix: str, source: str) -> None:
-    """Every float of every section, lists included, must be finite (YAML ``.nan``/``.inf`` and
-    the strings ``nan``/``inf`` parse as floats)."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            _check_finite(value, f"{key}.", source)
-            continue
-        for where, number in _numbers(value, key):
-            if isinstance(number, float) and not math.isfinite(number):
-                raise ConfigError(f"{source}: {where} must be a finite number, got {number}")
-
-
-def validate_config(cfg: Config, source: str = "config") -> None:
-    """Checks that go beyond types: every float is finite, and every number is in its range:
-
-    - ``model``: num_classes >= 1; test_scale positive.
-    - ``data``: train_scale and train_scales positive (and enough of them for the
-      multiscale_mode); flip_prob in [0, 1]; min_size, num_workers >= 0.
-    - ``train``: epochs, batch_size, checkpoint_interval, log_interval >= 1; lr > 0;
-      momentum in [0, 1); weight_decay, bias_lr_mult, bias_decay_mult, warmup_iters,
-      eval_interval >= 0; warmup_ratio in (0, 1]; lr_steps increasing positive epochs;
-      lr_gamma > 0; grad_clip > 0 or null; seed in [0, 2**63).
-    - ``eval``: score_thr in [0, 1); nms_iou in (0, 1]; nms_pre, max_per_img, batch_size >= 1.
-
-    Raises:
-        ConfigError: one line naming ``source`` and the key, for a value that is not finite, out
-            of range, or an inconsistent combination.
-    """
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{source}: {message}")
-
-    def at_least(key: str, value: float, low: float) -> None:
-        need(value >= low, f"{key} must be >= {low}, got {value}")
-
-    def positive(key: str, value: float) -> None:
-        need(value > 0, f"{key} must be > 0, got {value}")
-
-    def scales(key: str, value: Any) -> None:
-        need(all(n > 0 for _, n in _numbers(value, key)), f"{key} must be positive, got {_plain(value)}")
-
-    _check_finite(cfg, "", source)
-    m = cfg.model
-    at_least("model.num_classes", m.num_classes, 1)
-    scales("model.test_scale", m.test_scale)
-    d = cfg.data
-    scales("data.train_scale", d.train_scale)
-    scales("data.train_scales", d.train_scales)
-    if d.multiscale_mode == "value":
-        need(len(d.train_scales) >= 1, "data.multiscale_mode 'value' needs at least one entry in data.train_scales")
-    if d.multiscale_mode == "range":
-        need(len(d.train_scales) >= 2, "data.multiscale_mode 'range' needs at least two entries in data.train_scales")
-    need(0.0 <= d.flip_prob <= 1.0, f"data.flip_prob must be in [0, 1], got {d.flip_prob}")
-    at_least("data.num_workers", d.num_workers, 0)
-    at_least("data.min_size", d.min_size, 0)
-    t = cfg.train
-    at_least("train.epochs", t.epochs, 1)
-    at_least("train.batch_size", t.batch_size, 1)
-    positive("train.lr", t.lr)
-    need(0.0 <= t.momentum < 1.0, f"train.momentum must be in [0, 1), got {t.momentum}")
-    at_least("train.weight_decay", t.weight_decay, 0)
-    at_least("train.bias_lr_mult", t.bias_lr_mult, 0)
-    at_least("train.bias_decay_mult", t.bias_decay_mult, 0)
-    at_least("train.warmup_iters", t.warmup_iters, 0)
-    need(0.0 < t.warmup_ratio <= 1.0, f"train.warmup_ratio must be in (0, 1], got {t.warmup_ratio}")
-    need(
-        all(b > a for a, b in zip([0] + t.lr_steps, t.lr_steps)),
-        f"train.lr_steps must be increasing positive epochs, got {t.lr_steps}",
-    )
-    positive("train.lr_gamma", t.lr_gamma)
-    need(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
-    need(0 <= t.seed < 2**63, f"train.seed must be in [0, 2**63), got {t.seed}")
-    at_least("train.checkpoint_interval", t.checkpoint_interval, 1)
-    at_least("train.eval_interval", t.eval_interval, 0)
-    at_least("train.log_interval", t.log_interval, 1)
-    e = cfg.eval
-    need(e.score_thr is None or 0.0 <= e.score_thr < 1.0, f"eval.score_thr must be in [0, 1), got {e.score_thr}")
-    need(e.nms_iou is None or 0.0 < e.nms_iou <= 1.0, f"eval.nms_iou must be in (0, 1], got {e.nms_iou}")
-    for key, value in (("eval.nms_pre", e.nms_pre), ("eval.max_per_img", e.max_per_img)):
-        if value is not None:
-            at_least(key, value, 1)
-    at_least("eval.batch_size", e.batch_size, 1)
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
@@ -517,14 +334,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         _apply_override(cfg, override)
     validate_config(cfg, source if not overrides else f"{source} + overrides")
     return cfg
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

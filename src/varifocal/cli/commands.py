@@ -22,10 +22,13 @@ from .common import (
     check_out_dir,
     check_out_file,
     model_and_kwargs_from_checkpoint,
+    precision_for,
     resolve_device,
     unknown_model_hint,
 )
 from .outputs import draw_dataset
+from .slicing import slice_settings_from_args
+from .thresholds import resolve_score_thr
 
 __all__ = ["cmd_train", "cmd_val", "cmd_convert", "cmd_info", "describe_test_settings"]
 
@@ -96,8 +99,9 @@ def describe_test_settings(model: torch.nn.Module, from_config: dict, from_check
 def cmd_val(args: argparse.Namespace) -> int:
     """Run ``val``: COCO metrics of a checkpoint on ``data.val_*`` (or of a predictions file)."""
     from ..engine.build import test_cfg_from_config
+    from ..engine.report import report_for_coco, report_for_dataset
     from ..engine.trainer import build_datasets, evaluate
-    from ..evaluation import evaluate_file, format_summary, write_json_atomic
+    from ..evaluation import CocoEvaluator, evaluate_file, format_summary, write_json_atomic
 
     out_dir = check_out_dir(args.out_dir, "--out-dir")
     if args.predictions:  # evaluate a predictions file alone
@@ -105,32 +109,64 @@ def cmd_val(args: argparse.Namespace) -> int:
             raise UsageError("--predictions needs --ann (the COCO ground-truth file)")
         metrics = evaluate_file(args.ann, args.predictions, out_dir)
         print(format_summary(metrics))
+        if args.report:
+            evaluator = CocoEvaluator(args.ann)
+            results = evaluator.load_predictions(args.predictions)
+            report_for_coco(evaluator.gt_dict, results, metrics["class_names"], metrics["cat_ids"], metrics, out_dir)
+            write_json_atomic(out_dir / "metrics.json", metrics)
+            _print_report(metrics, out_dir)
         return 0
     cfg = load_config(args.config, args.overrides)
     if not args.checkpoint:
         raise UsageError("val needs --checkpoint (or --predictions with --ann)")
+    slicing = slice_settings_from_args(args, cfg.eval.batch_size)
     from_config = test_cfg_from_config(cfg) if (args.config or args.overrides) else {}
     overrides: dict = {"test_cfg": from_config}
     scale_set = bool(args.config) or any(o.startswith("model.test_scale=") for o in args.overrides)
     if scale_set:
         overrides["scale"] = list(cfg.model.test_scale)
-    model, stored = model_and_kwargs_from_checkpoint(args.checkpoint, overrides)
+    meta: dict = {}
+    model, stored = model_and_kwargs_from_checkpoint(args.checkpoint, overrides, meta)
+    if args.draw and not isinstance(args.score_thr, float):  # 'best' or a metrics file: check it before the run
+        resolve_score_thr(args.score_thr, model.class_names or [], meta, args.checkpoint)
     scale_source = "config" if scale_set else "checkpoint" if "scale" in stored else "default"
     print(describe_test_settings(model, from_config, dict(stored.get("test_cfg") or {}), scale_source))
     device = resolve_device(args.device)
     model.to(device)
+    precision = precision_for(args, model, device)
+    print(f"precision: {precision}")
     _, val_ds = build_datasets(cfg, train=False, val=True)
+    if slicing is not None:  # slices of the original images, resized by the model's preprocessor
+        val_ds.transforms = None
+        print(slicing.describe())
     if val_ds.num_classes != model.num_classes:
         raise CheckpointError(
             f"{args.checkpoint}: model has {model.num_classes} classes but {val_ds.source} has {val_ds.num_classes}"
         )
     start = time.time()
-    metrics, results, detections = evaluate(model, val_ds, device, cfg.eval.batch_size, progress=True)
+    metrics, results, detections = evaluate(
+        model,
+        val_ds,
+        device,
+        cfg.eval.batch_size,
+        progress=True,
+        slicing=slicing,
+        backend=cfg.eval.backend,
+        max_dets=cfg.eval.max_dets,
+        precision=precision,
+    )
+    metrics["precision"] = precision
+    if slicing is not None:
+        metrics["slicing"] = {**slicing.kwargs(), "tile_size": list(slicing.tile_size)}
     metrics["seconds"] = round(time.time() - start, 2)
     metrics["checkpoint"] = str(args.checkpoint)
+    if args.report:
+        report_for_dataset(val_ds, results, metrics, out_dir)
     write_json_atomic(out_dir / "predictions.json", results)
     write_json_atomic(out_dir / "metrics.json", metrics)
     print(format_summary(metrics))
+    if args.report:
+        _print_report(metrics, out_dir)
     skipped = f", {metrics['num_skipped_images']} unreadable left out" if metrics.get("num_skipped_images") else ""
     print(
         f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.json'} "
@@ -138,8 +174,22 @@ def cmd_val(args: argparse.Namespace) -> int:
     )
     if args.draw:
         evaluated = [rec for rec in val_ds.records if rec.file_name not in set(metrics.get("skipped_images", ()))]
-        draw_dataset(evaluated, detections, model.class_names, out_dir / "images", args.score_thr, args.draw)
+        score_thr = resolve_score_thr(args.score_thr, model.class_names or [], meta, args.checkpoint)
+        draw_dataset(evaluated, detections, model.class_names, out_dir / "images", score_thr, args.draw)
     return 0
+
+
+def _print_report(metrics: dict, out_dir: Path) -> None:
+    """Where the report went and its headline numbers (best-F1 thresholds, calibration)."""
+    thresholds = ", ".join(
+        f"{name} {'-' if thr is None else f'{thr:.3f}'}" for name, thr in metrics["best_score_thr"].items()
+    )
+    cal = metrics["report"]["calibration"]
+    pearson = "-" if cal.get("pearson") is None else f"{cal['pearson']:.3f}"
+    ece = "-" if cal.get("ece") is None else f"{cal['ece']:.3f}"
+    print(f"best-F1 score thresholds (IoU 0.5): {thresholds}")
+    print(f"score vs IoU of the matched detections: Pearson {pearson}, ECE {ece} ({cal.get('count', 0)} detections)")
+    print(f"wrote the report: {out_dir / 'report' / 'report.html'}")
 
 
 # ------------------------------------------------------------------------------ info, convert
@@ -157,6 +207,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, threads {torch.get_num_threads()}")
     cuda = torch.cuda.is_available()
     print(f"cuda: {'yes, ' + torch.cuda.get_device_name(0) if cuda else 'no'}")
+    from ..utils.precision import cpu_has_bf16_matrix_units, default_precision
+
+    amx = cpu_has_bf16_matrix_units()
+    print(
+        f"cpu bfloat16 matrix units (AMX): {'yes' if amx else 'no'}; --precision auto = {default_precision('cpu')} "
+        f"on the cpu{', ' + default_precision('cuda') + ' on cuda' if cuda else ''}"
+    )
     ok = True
     for dev in ["cpu"] + (["cuda"] if cuda else []):
         g = torch.Generator().manual_seed(0)

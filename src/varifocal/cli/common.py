@@ -136,13 +136,14 @@ def unknown_model_hint(name: str) -> str:
 
 
 def model_and_kwargs_from_checkpoint(
-    path: str | os.PathLike, overrides: dict | None = None
+    path: str | os.PathLike, overrides: dict | None = None, meta_out: dict | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild and load the model stored in a varifocal checkpoint (name + kwargs inside).
 
     Returns:
         ``(model, stored builder kwargs)``; ``overrides`` (builder kwargs; ``test_cfg`` is merged
-        field by field over the stored one) win over the stored kwargs.
+        field by field over the stored one) win over the stored kwargs. ``meta_out``, when
+        given, receives the checkpoint's ``meta`` (e.g. ``best_score_thr``).
 
     Raises:
         CheckpointError: unreadable file, no model name, a model name this version does not
@@ -160,6 +161,8 @@ def model_and_kwargs_from_checkpoint(
             "use the varifocal version that wrote it"
         )
     stored = dict(ckpt["model_kwargs"])
+    if meta_out is not None and isinstance(ckpt["raw"].get("meta"), dict):
+        meta_out.update(ckpt["raw"]["meta"])
     kwargs = dict(stored)
     overrides = dict(overrides or {})
     test_cfg = {**dict(kwargs.get("test_cfg") or {}), **dict(overrides.pop("test_cfg", None) or {})}
@@ -182,10 +185,43 @@ def model_and_kwargs_from_checkpoint(
     return model, stored
 
 
-def model_from_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> torch.nn.Module:
-    """Rebuild and load the model stored in a varifocal checkpoint (name + kwargs inside).
+def model_from_checkpoint(
+    path: str | os.PathLike, overrides: dict | None = None, meta_out: dict | None = None
+) -> torch.nn.Module:
+    """Rebuild and load the model stored in a varifocal checkpoint (name + kwargs inside);
+    ``meta_out`` as in :func:`model_and_kwargs_from_checkpoint`.
 
     Raises:
         CheckpointError: see :func:`model_and_kwargs_from_checkpoint`.
     """
-    return model_and_kwargs_from_checkpoint(path, overrides)[0]
+    return model_and_kwargs_from_checkpoint(path, overrides, meta_out)[0]
+
+
+# ------------------------------------------------------------------------------ precision
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision {auto,fp32,bf16,fp16}`` (issue 12; :mod:`varifocal.utils.precision`)."""
+    from ..utils.precision import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="compute precision of the model: fp32; bf16 (autocast, channels-last on the CPU); fp16 (CUDA); "
+        "auto = bf16 on a CPU with bfloat16 matrix units (AMX), fp32 elsewhere ('varifocal info' says which)",
+    )
+
+
+def precision_for(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> str:
+    """The resolved ``--precision`` for ``device``, with ``model`` put in its layout.
+
+    Raises:
+        UsageError: a precision the device cannot run (e.g. fp16 on the CPU).
+    """
+    from ..utils.precision import prepare_model, resolve_precision
+
+    try:
+        precision = resolve_precision(getattr(args, "precision", "auto"), device)
+    except ValueError as exc:
+        raise UsageError(f"--precision: {exc}") from None
+    prepare_model(model, precision, device)
+    return precision

@@ -1,4 +1,4 @@
-"""The ``varifocal`` command: ``train``, ``val``, ``predict``, ``convert``, ``info``.
+"""The ``varifocal`` command: ``train``, ``val``, ``predict``, ``convert``, ``info``, ``data check``.
 
 Each takes an optional YAML config plus dotted overrides (``model.num_classes=3
 train.epochs=24``); unknown keys fail with a suggestion. What a user can cause (bad
@@ -25,9 +25,11 @@ from ..config import ConfigError
 from ..data import DataError
 from ..utils.io import RunLockError
 from .commands import cmd_convert, cmd_info, cmd_train, cmd_val
-from .common import UsageError, device_name, model_from_checkpoint, non_negative_int, probability
+from .common import UsageError, add_precision_argument, device_name, model_from_checkpoint, non_negative_int
 from .outputs import draw_detections
 from .predict import IMAGE_SUFFIXES, cmd_predict
+from .slicing import add_slicing_arguments
+from .thresholds import score_thr_arg
 
 __all__ = ["main", "model_from_checkpoint", "draw_detections", "IMAGE_SUFFIXES"]
 
@@ -70,8 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="evaluate this COCO results file instead of running a model")
     p.add_argument("--ann", help="COCO ground truth for --predictions")
     p.add_argument("--draw", type=non_negative_int, default=0, metavar="N", help="also draw the first N images")
-    p.add_argument("--score-thr", type=probability, default=0.3, help="score threshold for drawn boxes, in [0, 1]")
+    p.add_argument(
+        "--score-thr",
+        type=score_thr_arg,
+        default=0.3,
+        help="score threshold of drawn boxes: a number in [0, 1], 'best' (per-class best-F1 thresholds saved in "
+        "the checkpoint) or a metrics.json of 'val --report'",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write the evaluation report to <out-dir>/report/: PR/F1 curves, confusion matrix, TIDE errors, "
+        "score-vs-IoU calibration, report.html (needs matplotlib); best-F1 thresholds go into metrics.json",
+    )
+    add_precision_argument(p)
     p.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
+    add_slicing_arguments(p)
     p.set_defaults(func=cmd_val)
 
     p = sub.add_parser("predict", help="detect objects in images, folders or globs")
@@ -80,10 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-dir", default="outputs/predict", help="predictions.json and drawings (never written over an input)"
     )
-    p.add_argument("--score-thr", type=probability, default=0.3, help="score threshold, in [0, 1]")
+    p.add_argument(
+        "--score-thr",
+        type=score_thr_arg,
+        default=0.3,
+        help="a number in [0, 1] (keep score > thr), 'best' (the per-class best-F1 thresholds saved in the "
+        "checkpoint) or a metrics.json of 'varifocal val --report'",
+    )
+    add_precision_argument(p)
     p.add_argument("--no-draw", action="store_true", help="write only predictions.json")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images, count and list them")
     p.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
+    add_slicing_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -99,7 +123,23 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, device, and a check that the deformable conv runs")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("data", help="inspect the data of a config")
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    p = data_sub.add_parser(
+        "check", help="counts, box sizes against the strides, and the schedule warnings (nothing is written)"
+    )
+    p.add_argument("config", nargs="?", help="YAML config (e.g. configs/vfnet_lite0_bccd.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.repeat=10")
+    p.add_argument("--world-size", type=int, default=None, help="training processes (default: $WORLD_SIZE or 1)")
+    p.set_defaults(func=_cmd_data_check)
     return parser
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data_check import cmd_data_check
+
+    return cmd_data_check(args)
 
 
 def _one_line(text: object) -> str:

@@ -61,12 +61,15 @@ def drawing_paths(inputs: Sequence[str | os.PathLike], out_dir: Path) -> list[Pa
 
 
 def draw_detections(
-    image: torch.Tensor, det: dict, class_names: Sequence[str] | None, score_thr: float
+    image: torch.Tensor, det: dict, class_names: Sequence[str] | None, score_thr: float | Sequence[float]
 ) -> torch.Tensor:
-    """``uint8 [3, H, W]`` image with the detections above ``score_thr`` drawn (torchvision)."""
+    """``uint8 [3, H, W]`` image with the detections above ``score_thr`` drawn (torchvision);
+    ``score_thr`` is one number or one per class (:func:`.thresholds.keep_mask`)."""
     from torchvision.utils import draw_bounding_boxes
 
-    keep = det["scores"] > score_thr
+    from .thresholds import keep_mask
+
+    keep = keep_mask(det["scores"], det["labels"], score_thr)
     labels = [
         f"{class_names[int(l)] if class_names else int(l)} {float(s):.2f}"
         for l, s in zip(det["labels"][keep], det["scores"][keep])
@@ -85,11 +88,13 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def draw_dataset(records, detections, class_names, out_dir: Path, score_thr: float, limit: int) -> None:
+def draw_dataset(records, detections, class_names, out_dir: Path, score_thr, limit: int) -> None:
     """Draw the already computed ``detections`` on the first ``limit`` of ``records`` (the
     evaluated images, in order: ``detections[i]`` belongs to ``records[i]``)."""
     records = list(records)[:limit]
     targets = drawing_paths([rec.file_name for rec in records], out_dir)
     for rec, det, target in zip(records, detections, targets):
         save_png(draw_detections(load_image(rec.file_name), det, class_names, score_thr), target)
-    print(f"drew {len(records)} images with detections above {score_thr} into {out_dir}")
+    from .thresholds import describe_score_thr
+
+    print(f"drew {len(records)} images with detections {describe_score_thr(score_thr, class_names)} into {out_dir}")

@@ -18,8 +18,12 @@ from typing import Sequence
 import torch
 
 from ..data import DataError, load_image
-from .common import check_out_dir, model_from_checkpoint, resolve_device
+from ..engine.sliced import sliced_predict
+from ..utils.precision import autocast
+from .common import check_out_dir, model_from_checkpoint, precision_for, resolve_device
 from .outputs import draw_detections, drawing_paths, save_png
+from .slicing import slice_settings_from_args
+from .thresholds import describe_score_thr, keep_mask, resolve_score_thr
 
 __all__ = ["IMAGE_SUFFIXES", "expand_inputs", "cmd_predict"]
 
@@ -57,8 +61,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return unique
 
 
-def _record(path: Path, det: dict, score_thr: float, class_names, drawing: Path | None) -> dict:
-    keep = det["scores"] > score_thr
+def _record(path: Path, det: dict, score_thr, class_names, drawing: Path | None) -> dict:
+    keep = keep_mask(det["scores"], det["labels"], score_thr)
     rec = {
         "file": str(path),
         "detections": [
@@ -81,13 +85,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..evaluation import write_json_atomic
 
     out_dir = check_out_dir(args.out_dir, "--out-dir")
+    slicing = slice_settings_from_args(args)
     files = expand_inputs(args.inputs)
     json_path = out_dir / "predictions.json"
     if json_path.resolve() in {f.resolve() for f in files}:  # only reachable with an odd glob
         raise DataError(f"{json_path}: is one of the inputs; pick another --out-dir")
-    model = model_from_checkpoint(args.checkpoint)
+    meta: dict = {}
+    model = model_from_checkpoint(args.checkpoint, meta_out=meta)
+    score_thr = resolve_score_thr(args.score_thr, model.class_names or [], meta, args.checkpoint)
     device = resolve_device(args.device)
     model.to(device).eval()
+    precision = precision_for(args, model, device)
+    above = describe_score_thr(score_thr, model.class_names or [])
+    if not isinstance(score_thr, float) or precision != "fp32":
+        print(f"precision {precision}; keeping detections {above}")
+    if slicing is not None:
+        print(slicing.describe())
     drawings = drawing_paths(files, out_dir) if not args.no_draw else [None] * len(files)
     records: list[dict] = []
     skipped: list[dict] = []
@@ -102,16 +115,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 skipped.append({"file": str(path), "error": str(exc)})
                 print(f"{path}: skipped (cannot read the image)")
                 continue
-            with torch.no_grad():
-                (det,) = model([image.to(device).float()])
+            with torch.no_grad(), autocast(precision, device):
+                if slicing is not None:
+                    det = sliced_predict(model, image.to(device), **slicing.kwargs())
+                else:
+                    (det,) = model([image.to(device).float()])
             det = {k: v.cpu() for k, v in det.items()}
             if drawing is not None:
-                save_png(draw_detections(image, det, model.class_names, args.score_thr), drawing)
-            records.append(_record(path, det, args.score_thr, model.class_names, drawing))
-            print(f"{path}: {len(records[-1]['detections'])} detections above {args.score_thr}")
+                save_png(draw_detections(image, det, model.class_names, score_thr), drawing)
+            records.append(_record(path, det, score_thr, model.class_names, drawing))
+            count = len(records[-1]["detections"])
+            print(f"{path}: {count} detections {above if isinstance(score_thr, float) else 'kept'}")
     except KeyboardInterrupt:
         interrupted = True
-    result: dict = {"class_names": model.class_names, "images": records}
+    result: dict = {"class_names": model.class_names, "precision": precision, "images": records}
+    if not isinstance(score_thr, float):
+        result["score_thr_per_class"] = dict(
+            zip(model.class_names or [], [None if t == float("inf") else t for t in score_thr])
+        )
     if skipped:
         result["skipped_files"] = skipped
     if interrupted:

@@ -9,27 +9,35 @@ from torch import nn
 from ..checkpoint import load_checkpoint
 from ..config import Config
 from ..data import CocoDetection, VOCDetection, build_test_transforms, build_train_transforms
+from ..data.tiles import TiledDataset
 from ..models.zoo import build_model
 
 __all__ = ["build_datasets", "model_kwargs_from_config", "model_from_config"]
 
 
 def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[Any, Any]:
-    """The training and validation datasets of ``cfg.data`` (COCO JSON or VOC XML)."""
+    """The training and validation datasets of ``cfg.data`` (COCO JSON or VOC XML).
+
+    With ``data.tiles.size`` set, the training set is a :class:`~varifocal.data.tiles.TiledDataset`
+    over the images (which then only decode); the training transforms and ``train.seed`` go to
+    the tiles. The validation set always holds whole images.
+    """
     d = cfg.data
     train_ds = val_ds = None
     train_tf = build_train_transforms(tuple(d.train_scale), d.multiscale_mode, d.train_scales or None, d.flip_prob)
+    tile_size = d.tiles.wh()
+    image_tf, image_seed = (None, None) if tile_size else (train_tf, cfg.train.seed)
     test_tf = build_test_transforms(tuple(cfg.model.test_scale))
     if d.format == "coco":
         if train:
             train_ds = CocoDetection(
                 d.path(d.train_images),
                 d.path(d.train_ann),
-                train_tf,
+                image_tf,
                 d.skip_bad_images,
                 drop_empty=d.drop_empty,
                 min_size=d.min_size,
-                seed=cfg.train.seed,
+                seed=image_seed,
             )
         if val:
             val_ds = CocoDetection(d.path(d.val_images), d.path(d.val_ann), test_tf, d.skip_bad_images)
@@ -39,14 +47,17 @@ def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[A
                 d.root,
                 d.train_set,
                 d.class_names,
-                train_tf,
+                image_tf,
                 d.skip_bad_images,
                 drop_empty=d.drop_empty,
                 min_size=d.min_size,
-                seed=cfg.train.seed,
+                seed=image_seed,
             )
         if val:
             val_ds = VOCDetection(d.root, d.val_set, d.class_names, test_tf, d.skip_bad_images)
+    if train_ds is not None and tile_size:
+        t = d.tiles
+        train_ds = TiledDataset(train_ds, tile_size, t.overlap, t.min_visibility, train_tf, cfg.train.seed, t.jitter)
     return train_ds, val_ds
 
 

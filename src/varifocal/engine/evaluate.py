@@ -4,6 +4,15 @@ Bad images: evaluation never substitutes one image for another (training does, w
 ``skip_bad_images``). An unreadable image is left out of the inference and of the scored
 images, and reported in the metrics (``num_skipped_images``, ``skipped_images``); every
 evaluated image appears once.
+
+Sliced inference (issue 16): with ``slicing`` (a :class:`~varifocal.engine.sliced.SliceSettings`)
+each image is predicted slice by slice by :func:`~varifocal.engine.sliced.sliced_predict` and
+scored on the whole image as usual. The dataset must then give images at their original size
+(no resize transform); the slices are resized by the model's preprocessor.
+
+Precision (issue 12): ``precision`` is a resolved name of :mod:`varifocal.utils.precision`
+(``fp32``, ``bf16``, ``fp16``); the model's forward runs under that autocast, its post-processing
+in float32. ``backend`` and ``max_dets`` go to :class:`~varifocal.evaluation.CocoEvaluator`.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import DataError, collate
 from ..evaluation import CocoEvaluator, detections_to_coco
+from ..utils.precision import autocast
+from .sliced import SliceSettings, sliced_predict
 
 __all__ = ["run_inference", "evaluate"]
 
@@ -58,13 +69,15 @@ def _inference(
     batch_size: int = 1,
     num_workers: int = 0,
     progress: bool = False,
+    slicing: SliceSettings | None = None,
+    precision: str = "fp32",
 ) -> tuple[list[dict[str, torch.Tensor]], list[int], list[str]]:
     """:func:`run_inference` that also returns the file names of the skipped bad images."""
     was_training = model.training
     model.eval()
     loader = DataLoader(
         _NoSubstitution(dataset),
-        batch_size=batch_size,
+        batch_size=batch_size if slicing is None else 1,
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_collate_skipping,
@@ -82,8 +95,22 @@ def _inference(
         skipped_files.extend(skipped)
         if not images:
             continue
+        if slicing is not None:
+            (image,), (meta,) = images, metas
+            if tuple(meta["img_shape"]) != tuple(meta["ori_shape"]):
+                raise ValueError(
+                    f"{meta['file_name']}: sliced inference needs the image at its original size, got it resized "
+                    f"from {meta['ori_shape']} to {meta['img_shape']}; give the dataset no resize transform"
+                )
+            with autocast(precision, device):
+                det = sliced_predict(model, image.to(device), **slicing.kwargs())
+            detections.append({k: v.cpu() for k, v in det.items()})
+            image_ids.append(int(meta["image_id"]))
+            continue
         batch, metas = model.preprocessor.pad_batch([im.to(device) for im in images], metas)
-        for det, meta in zip(model.predict(batch, metas), metas):
+        with autocast(precision, device):
+            batch_dets = model.predict(batch, metas)
+        for det, meta in zip(batch_dets, metas):
             detections.append({k: v.cpu() for k, v in det.items()})
             image_ids.append(int(meta["image_id"]))
     model.train(was_training)
@@ -101,9 +128,12 @@ def run_inference(
     batch_size: int = 1,
     num_workers: int = 0,
     progress: bool = False,
+    slicing: SliceSettings | None = None,
+    precision: str = "fp32",
 ) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     """Detections of ``model`` on every readable image of ``dataset`` (its transforms must
-    resize only).
+    resize only; with ``slicing``, sliced inference, and the dataset must not resize: module
+    docstring).
 
     With ``dataset.skip_bad_images`` an unreadable image is left out (never replaced by
     another image); :func:`evaluate` reports such images. Without it, :class:`DataError`.
@@ -115,8 +145,9 @@ def run_inference(
 
     Raises:
         DataError: a bad image when the dataset does not skip them.
+        ValueError: ``slicing`` with a dataset that resizes its images.
     """
-    detections, image_ids, _ = _inference(model, dataset, device, batch_size, num_workers, progress)
+    detections, image_ids, _ = _inference(model, dataset, device, batch_size, num_workers, progress, slicing, precision)
     return detections, image_ids
 
 
@@ -127,8 +158,13 @@ def evaluate(
     batch_size: int = 1,
     num_workers: int = 0,
     progress: bool = False,
+    slicing: SliceSettings | None = None,
+    backend: str = "auto",
+    max_dets: int = 100,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
-    """COCO bbox metrics of ``model`` on ``dataset`` (spec §5.3).
+    """COCO bbox metrics of ``model`` on ``dataset`` (spec §5.3); with ``slicing``, of its sliced
+    predictions (module docstring), scored on the whole images.
 
     The ground truth is the dataset's own (:meth:`to_coco_dict`: the boxes it kept). Images
     that could not be read (``skip_bad_images``) are neither predicted nor scored.
@@ -143,12 +179,15 @@ def evaluate(
 
     Raises:
         DataError: a bad image without ``skip_bad_images``, or no readable image at all.
+        ValueError: ``slicing`` with a dataset that resizes its images.
     """
-    detections, image_ids, skipped = _inference(model, dataset, device, batch_size, num_workers, progress)
+    detections, image_ids, skipped = _inference(
+        model, dataset, device, batch_size, num_workers, progress, slicing, precision
+    )
     if not image_ids and skipped:
         source = getattr(dataset, "source", type(dataset).__name__)
         raise DataError(f"{source}: no readable image left (all {len(skipped)} images failed to load)")
     results = detections_to_coco(detections, image_ids, dataset.cat_ids)
-    evaluator = CocoEvaluator(dataset, dataset.class_names, dataset.cat_ids)
+    evaluator = CocoEvaluator(dataset, dataset.class_names, dataset.cat_ids, backend=backend, max_dets=max_dets)
     metrics = evaluator.evaluate(results, image_ids=image_ids, skipped_images=skipped)
     return metrics, results, detections

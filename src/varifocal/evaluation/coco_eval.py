@@ -19,6 +19,10 @@ Prediction files: either a plain COCO results list (``[{"image_id", "category_id
 "score"}, ...]``) or the object written by :func:`write_predictions`
 (``{"class_names", "cat_ids", "detections": [...]}``), whose class list is checked against the
 ground truth.
+
+The summary text, the writing of detections and JSON files, and the choice of the COCOeval
+implementation live beside this file (:mod:`.summary`, :mod:`.predictions`, :mod:`.backends`);
+their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ import numpy as np
 
 from ..data.coco import read_coco_json, validate_coco_dict
 from ..data.errors import DataError
-from ..utils.io import atomic_write
+from .backends import _backend, _stats_at
+from .predictions import detections_to_coco, write_json_atomic, write_predictions
+from .summary import STAT_NAMES, format_summary
 
 __all__ = [
     "STAT_NAMES",
@@ -48,25 +54,6 @@ __all__ = [
     "write_predictions",
 ]
 
-#: Names of the 12 numbers of ``COCOeval.stats``, in order.
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-# (AP or AR, IoU label, area, maxDets) of each of the 12 summary lines.
-_SUMMARY_ROWS = (
-    (True, "0.50:0.95", "all", 100),
-    (True, "0.50", "all", 100),
-    (True, "0.75", "all", 100),
-    (True, "0.50:0.95", "small", 100),
-    (True, "0.50:0.95", "medium", 100),
-    (True, "0.50:0.95", "large", 100),
-    (False, "0.50:0.95", "all", 1),
-    (False, "0.50:0.95", "all", 10),
-    (False, "0.50:0.95", "all", 100),
-    (False, "0.50:0.95", "small", 100),
-    (False, "0.50:0.95", "medium", 100),
-    (False, "0.50:0.95", "large", 100),
-)
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -74,197 +61,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):  # torch tensors
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file beside it, fsync,
-    ``os.replace``): ``path`` holds either its previous content or the complete new one.
-
-    numpy scalars/arrays and torch tensors are converted; NaN/inf are refused (strict JSON).
-    Floats are written with full precision (shortest round-trip repr).
-
-    Raises:
-        TypeError / ValueError: ``obj`` is not serialisable (nothing is written);
-        OSError: the directory is not writable.
-    """
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, allow_nan=False, default=_json_default)
-            f.write("\n")
-
-    atomic_write(path, _write)
-
-
-def _to_numpy(x: Any, dtype: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def detections_to_coco(
-    results: Sequence[dict[str, Any]], image_ids: Sequence[int], cat_ids: Sequence[int]
-) -> list[dict[str, Any]]:
-    """Convert model detections to the COCO results format.
-
-    Args:
-        results: one dict per image with ``boxes`` ``[k, 4]`` xyxy in original-image pixels,
-            ``scores`` ``[k]`` and ``labels`` ``[k]`` in ``0..len(cat_ids)-1`` (tensors or
-            arrays).
-        image_ids: the COCO image id of each entry of ``results``.
-        cat_ids: label -> COCO category id (ascending category ids, spec §5.3).
-
-    Returns:
-        ``[{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}, ...]``
-        with ``w = x2 - x1``, ``h = y2 - y1`` (no "+1"), unrounded Python floats.
-
-    Raises:
-        ValueError: length mismatch, bad shapes, or a label outside ``0..len(cat_ids)-1``.
-    """
-    if len(results) != len(image_ids):
-        raise ValueError(f"detections_to_coco: {len(results)} results but {len(image_ids)} image ids")
-    cat_ids = [int(c) for c in cat_ids]
-    out: list[dict[str, Any]] = []
-    for result, image_id in zip(results, image_ids):
-        boxes = _to_numpy(result["boxes"], np.float64)
-        scores = _to_numpy(result["scores"], np.float64).reshape(-1)
-        labels = _to_numpy(result["labels"], np.int64).reshape(-1)
-        if boxes.size == 0:
-            boxes = boxes.reshape(0, 4)
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or not len(boxes) == len(scores) == len(labels):
-            raise ValueError(
-                f"detections for image {image_id}: expected boxes [k, 4], scores [k], labels [k], got "
-                f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)}"
-            )
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(cat_ids)):
-            raise ValueError(
-                f"detections for image {image_id}: label {int(labels.min() if labels.min() < 0 else labels.max())} "
-                f"outside 0..{len(cat_ids) - 1}"
-            )
-        image_id = int(image_id)
-        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-            out.append(
-                {
-                    "image_id": image_id,
-                    "category_id": cat_ids[label],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": score,
-                }
-            )
-    return out
-
-
-def write_predictions(
-    path: str | os.PathLike, detections: list[dict[str, Any]], class_names: Sequence[str], cat_ids: Sequence[int]
-) -> None:
-    """Write a prediction file that carries its class list (atomically).
-
-    Format: ``{"format": "varifocal-coco-detections", "class_names": [...], "cat_ids": [...],
-    "detections": [COCO results]}``. :meth:`CocoEvaluator.evaluate` checks the class list
-    against the ground truth. Use a plain list (``write_json_atomic(path, detections)``) for
-    the COCO evaluation server.
-    """
-    write_json_atomic(
-        path,
-        {
-            "format": "varifocal-coco-detections",
-            "class_names": list(class_names),
-            "cat_ids": [int(c) for c in cat_ids],
-            "detections": detections,
-        },
-    )
-
-
-def _backend(name: str) -> tuple[str, Any, Any]:
-    """``(label, COCO class, COCOeval class)`` of the requested backend."""
-    if name not in ("auto", "faster_coco_eval", "pycocotools"):
-        raise ValueError(f"backend must be 'auto', 'faster_coco_eval' or 'pycocotools', got {name!r}")
-    if name in ("auto", "faster_coco_eval"):
-        try:
-            import faster_coco_eval
-            from faster_coco_eval import COCO, COCOeval_faster
-
-            return f"faster_coco_eval {getattr(faster_coco_eval, '__version__', '?')}", COCO, COCOeval_faster
-        except ImportError:
-            if name == "faster_coco_eval":
-                raise ImportError("backend 'faster_coco_eval' requested but the package is not installed") from None
-    try:
-        from importlib.metadata import version
-
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        raise ImportError(
-            "COCO evaluation needs pycocotools (pip install 'varifocal[eval]') or faster-coco-eval"
-        ) from None
-    try:
-        label = f"pycocotools {version('pycocotools')}"
-    except Exception:
-        label = "pycocotools"
-    return label, COCO, COCOeval
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def format_summary(metrics: dict[str, Any]) -> str:
-    """The standard 12-line COCO summary plus a per-class table, as text.
-
-    Args:
-        metrics: a dict returned by :meth:`CocoEvaluator.evaluate` (or read from metrics.json).
-
-    Returns:
-        a multi-line string (the 12 lines are formatted exactly as pycocotools prints them).
-    """
-    lines = []
-    for (is_ap, iou, area, max_dets), name in zip(_SUMMARY_ROWS, STAT_NAMES):
-        title, kind = ("Average Precision", "(AP)") if is_ap else ("Average Recall", "(AR)")
-        lines.append(
-            f" {title:<18} {kind} @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] = {metrics['stats'][name]:0.3f}"
-        )
-    rows = metrics.get("per_class", [])
-    notes = _notes(metrics)
-    if rows:
-        width = max(8, max(len(r["name"]) for r in rows))
-        lines.append("")
-        lines.append(f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'AP75':>6}  {'num_gt':>7}  {'num_dets':>8}")
-        for r in rows:
-            lines.append(
-                f"{r['name']:<{width}}  {_fmt(r['AP']):>6}  {_fmt(r['AP50']):>6}  {_fmt(r['AP75']):>6}  "
-                f"{r['num_gt']:>7d}  {r['num_dets']:>8d}"
-            )
-    lines.extend(notes)
-    lines.append(f"backend: {metrics.get('backend', '?')}")
-    return "\n".join(lines)
-
-
-def _notes(metrics: dict[str, Any]) -> list[str]:
-    """Lines saying what was left out of the evaluation (none when nothing was)."""
-    notes = []
-    skipped = metrics.get("skipped_images") or []
-    if skipped:
-        names = ", ".join(os.path.basename(str(f)) for f in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        notes.append(f"skipped {len(skipped)} unreadable images (not evaluated): {names}")
-    if metrics.get("dropped_boxes"):
-        notes.append(f"dropped {metrics['dropped_boxes']} degenerate / off-image boxes (not scored)")
-    if metrics.get("ignored_boxes"):
-        notes.append(f"left out {metrics['ignored_boxes']} boxes flagged 'ignore' (not scored)")
-    return [""] + notes if notes else []
 
 
 class CocoEvaluator:
@@ -282,6 +78,10 @@ class CocoEvaluator:
             Evaluation covers exactly these categories (``params.catIds``).
         backend: ``'auto'`` (faster-coco-eval if importable, else pycocotools),
             ``'pycocotools'`` or ``'faster_coco_eval'``.
+        max_dets: detections per image that count (COCOeval's largest ``maxDets``, 100 in the
+            COCO protocol). Raise it for crowded images (e.g. 300 for the 200-cell BCCD mosaics
+            of ``tools/make_mosaics.py``); the ``AP*`` and ``AR100``/``ARs``/``ARm``/``ARl``
+            statistics then count that many (``metrics["max_dets"]`` says how many).
 
     Raises:
         DataError: invalid ground truth, or a class list that does not match it.
@@ -294,7 +94,11 @@ class CocoEvaluator:
         class_names: Sequence[str] | None = None,
         cat_ids: Sequence[int] | None = None,
         backend: str = "auto",
+        max_dets: int = 100,
     ) -> None:
+        if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
+            raise ValueError(f"max_dets must be an integer >= 10, got {max_dets!r}")
+        self.max_dets = max_dets
         self.backend, self._COCO, self._COCOeval = _backend(backend)
         # image id -> (degenerate, ignore-flagged) annotations the dataset dropped (not scored)
         self._dropped: dict[int, tuple[int, int]] = {}
@@ -373,6 +177,17 @@ class CocoEvaluator:
             coco.dataset = data
             coco.createIndex()
         return coco
+
+    def load_predictions(self, predictions: Any) -> list[dict[str, Any]]:
+        """The checked COCO results list of ``predictions`` (a list, a JSON path, or the object of
+        :func:`write_predictions`), as :meth:`evaluate` reads it.
+
+        Raises:
+            DataError: as :meth:`evaluate`.
+        """
+        dets, source = self._load_predictions(predictions)
+        self._validate_detections(dets, source)
+        return dets
 
     def _load_predictions(self, predictions: Any) -> tuple[list[dict[str, Any]], str]:
         if isinstance(predictions, (str, os.PathLike)):
@@ -483,15 +298,17 @@ class CocoEvaluator:
             coco_eval = self._COCOeval(self.coco_gt, coco_dt, "bbox")
             coco_eval.params.imgIds = eval_ids
             coco_eval.params.catIds = list(self.cat_ids)
+            coco_eval.params.maxDets = [1, 10, self.max_dets]
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        stats = [float(v) for v in coco_eval.stats[:12]]
+        stats = [float(v) for v in coco_eval.stats[:12]] if self.max_dets == 100 else _stats_at(coco_eval)
 
         per_class = self._per_class(coco_eval, dets, eval_set)
         metrics = {
             "backend": self.backend,
             "iou_type": "bbox",
+            "max_dets": self.max_dets,
             "num_images": len(eval_ids),
             "num_detections": len(dets),
             "stats": dict(zip(STAT_NAMES, stats)),

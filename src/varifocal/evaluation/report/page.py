@@ -31,7 +31,8 @@ def _sections(
     out = []
     if metrics and isinstance(metrics.get("stats"), Mapping):
         st = metrics["stats"]
-        out.append(("COCO metrics", "From COCOeval (pycocotools), as in metrics.json.",
+        backend = metrics.get("backend") or "pycocotools"
+        out.append(("COCO metrics", f"From COCOeval ({backend}), as in metrics.json.",
                     [list(st.keys()), [_f(float(v)) for v in st.values()]], [], []))  # fmt: skip
     rows = [["class", "score thr", "F1", "precision", "recall", "TP", "FP", "#gt"]]
     for b in s["best_f1"]:
@@ -91,7 +92,7 @@ def render_markdown(summary: Mapping[str, Any], metrics: Mapping[str, Any] | Non
         cell = [[c.replace("|", "\\|") for c in r] for r in rows]
         lines += ["| " + " | ".join(cell[0]) + " |", "|" + "---|" * len(cell[0])]
         lines += ["| " + " | ".join(r) + " |" for r in cell[1:]] + [""]
-        lines += [f"![{title}]({im})" for im in images]
+        lines += [f"![{title}: {im[:-4].replace('_', ' ')}]({im})" for im in images]
         if data:
             lines += ["", "Data: " + ", ".join(f"[{d}]({d})" for d in data)]
         lines.append("")

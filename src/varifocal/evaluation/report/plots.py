@@ -93,12 +93,13 @@ def plot_confusion(cm: ConfusionMatrix, class_names: Sequence[str], path: str | 
     """Counts and row-normalised confusion matrix side by side, classes + "background"."""
     labels = [*class_names, "background"]
     n = len(labels)
-    fig = new_figure(max(8.5, 1.8 * n + 3), max(4.0, 0.8 * n + 1.8))
+    fig = new_figure(max(10.0, 2.2 * n + 3), max(4.4, 0.8 * n + 2.2))
     a, b = fig.subplots(1, 2)
     thr = sorted(set(cm.score_thr.values()))
-    stated = f"score >= {thr[0]:.3f}" if len(thr) == 1 else "score >= per-class best-F1 threshold"
-    _matrix_panel(fig, a, cm.counts, labels, "d", f"Counts (IoU >= {cm.iou_thr:.2f}, {stated})")
-    _matrix_panel(fig, b, cm.normalized, labels, ".2f", "Row-normalised (each true class sums to 1)")
+    stated = f"score >= {thr[0]:.3f}" if len(thr) == 1 else "score >= per-class best-F1 thr."
+    fig.suptitle(f"Confusion matrix at IoU >= {cm.iou_thr:.2f}, {stated}")
+    _matrix_panel(fig, a, cm.counts, labels, "d", "Counts")
+    _matrix_panel(fig, b, cm.normalized, labels, ".2f", "Row-normalised (rows sum to 1)")
     save_png(fig, path)
     return fig
 

@@ -4,17 +4,23 @@ every dense head and every detector implement (``../shared/docs/architecture.md`
 VFNet, RetinaNet, FCOS and ATSS are all this one class with another head; the detector never
 unpacks a head's outputs itself. The module names ``backbone``, ``neck`` and ``bbox_head`` make
 ``state_dict()`` keys equal to MMDetection's checkpoint keys.
+
+Under a bfloat16/float16 autocast (``varifocal.utils.precision``) the backbone, neck and head
+convs run in 16 bits, but the head's outputs are cast to float32 and its ``loss`` / ``predict``
+run with autocast off: box decoding at 1333 px needs more than bf16's 8-bit mantissa (a
+coordinate near 1024 would be rounded to a multiple of 8 px), and so do the losses (issue 12).
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from ..preprocess import Preprocessor
 
-__all__ = ["DenseHead", "Detector", "SingleStageDetector"]
+__all__ = ["DenseHead", "Detector", "SingleStageDetector", "float32_outputs"]
 
 
 @runtime_checkable
@@ -66,6 +72,18 @@ class Detector(Protocol):
     def predict(
         self, batch_inputs: Tensor, img_metas: Sequence[dict[str, Any]], rescale: bool = True
     ) -> list[dict[str, Tensor]]: ...
+
+
+def float32_outputs(outs: Any) -> Any:
+    """A head's outputs (NamedTuple / list / tensor, nested) with every 16-bit floating tensor
+    cast to float32; float32 and float64 tensors are returned as they are (no copy)."""
+    if isinstance(outs, Tensor):
+        return outs.float() if outs.dtype in (torch.bfloat16, torch.float16) else outs
+    if isinstance(outs, tuple) and hasattr(outs, "_fields"):
+        return type(outs)(*(float32_outputs(v) for v in outs))
+    if isinstance(outs, (list, tuple)):
+        return type(outs)(float32_outputs(v) for v in outs)
+    return outs
 
 
 class SingleStageDetector(nn.Module):
@@ -121,15 +139,17 @@ class SingleStageDetector(nn.Module):
             gt_bboxes: per image ``[K_i, 4]`` xyxy in resized-image pixels, crowd boxes removed.
             gt_labels: per image ``[K_i]`` long labels in ``[0, num_classes)``.
         """
-        outs = self.bbox_head(self.extract_feat(batch_inputs))
-        return self.bbox_head.loss(outs, gt_bboxes, gt_labels, img_metas)
+        outs = float32_outputs(self.bbox_head(self.extract_feat(batch_inputs)))
+        with torch.autocast(batch_inputs.device.type, enabled=False):
+            return self.bbox_head.loss(outs, gt_bboxes, gt_labels, img_metas)
 
     def predict(
         self, batch_inputs: Tensor, img_metas: Sequence[dict[str, Any]], rescale: bool = True
     ) -> list[dict[str, Tensor]]:
         """Detections for a preprocessed batch; see the head's ``predict``."""
-        outs = self.bbox_head(self.extract_feat(batch_inputs))
-        return self.bbox_head.predict(outs, img_metas, rescale=rescale)
+        outs = float32_outputs(self.bbox_head(self.extract_feat(batch_inputs)))
+        with torch.autocast(batch_inputs.device.type, enabled=False):
+            return self.bbox_head.predict(outs, img_metas, rescale=rescale)
 
     def forward(
         self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
