@@ -162,3 +162,25 @@ def test_estimated_iterations_per_epoch():
     assert estimate_iters_per_epoch(118287, 2, world_size=8) == 7393  # ceil(118287 / 16)
     assert estimate_iters_per_epoch(6, 4, repeat=10) == 15  # ceil(60 / 4)
     assert estimate_iters_per_epoch(6, 4, min_iters=200) == 200
+
+
+def test_large_images_shrunk_for_training_warn_with_tiles():
+    from varifocal.engine.schedule_check import downscale_warnings
+
+    # BCCD mosaics: 2560×1920 images at the recipe's smallest training scale [640, 416]:
+    # factor min(640/2560, 416/1920) = 0.21667, shrunk 4.6×; tiles of the test scale 640×480
+    recs = [SimpleNamespace(width=2560, height=1920, boxes=np.array([[0, 0, 100, 100]], "f4"))] * 3
+    (line,) = downscale_warnings(load_config(RECIPE), recs)
+    assert line.startswith("training images are shrunk 4.6× (median 2560×1920 px to the training scale [640, 416])")
+    assert "set data.tiles.size=[640, 480] and predict/val with --tiles 640x480" in line
+    assert downscale_warnings(load_config(RECIPE, ["data.tiles.size=[640,480]"]), recs) == []
+    # 1280×960 → 640×416 is 2.15×, 1920×1440 → 3.46×: the rule starts at 3×
+    small = [SimpleNamespace(width=1280, height=960, boxes=np.zeros((0, 4), "f4"))]
+    assert downscale_warnings(load_config(RECIPE), small) == []
+    # and only for large images (1.5 MP): BCCD's 640×480 at a 128×96 test recipe is shrunk 5× but small
+    bccd = [SimpleNamespace(width=640, height=480, boxes=np.zeros((0, 4), "f4"))]
+    assert (
+        downscale_warnings(load_config(RECIPE, ["data.train_scale=[128,96]", "data.multiscale_mode=null"]), bccd) == []
+    )
+    big = [SimpleNamespace(width=1920, height=1440, boxes=np.zeros((0, 4), "f4"))]
+    assert len(downscale_warnings(load_config(RECIPE), big)) == 1

@@ -19,7 +19,12 @@ The rules (each a pure function of the config and the numbers given):
 - **objects much smaller than the smallest stride**: at the smallest training scale or the
   test scale, the median box side (``sqrt(w·h)`` after the keep-ratio resize) is below the
   smallest stride, or over a quarter of the boxes are below half of it. BCCD at 640×480
-  (median 102 px, 5th percentile 42 px) is far from both.
+  (median 102 px, 5th percentile 42 px) is far from both;
+- **large images shrunk for training**: without ``data.tiles``, the median training image has
+  :data:`LARGE_IMAGE_PIXELS` or more and is shrunk by :data:`SHRINK_FACTOR` or more at the
+  smallest training scale (a 2560×1920 image at
+  640×480: 4×), so its objects lose that much resolution while tiles would keep it. The fix is
+  tiles of the test scale's size (and ``--tiles`` at test time), the "Large images" recipe.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.sampler import AspectRatioGroupedBatchSampler
-from ..data.stats import box_sides, smallest_train_scale, tile_size
+from ..data.stats import box_sides, keep_ratio_factors, smallest_train_scale, tile_size
 from .optim import resolve_schedule
 
 __all__ = [
     "DEFAULT_STRIDES",
     "check_training",
+    "downscale_warnings",
     "estimate_iters_per_epoch",
     "model_strides",
     "object_size_warnings",
@@ -231,6 +237,33 @@ def object_size_warnings(cfg: Any, records: Sequence[Any], strides: Sequence[int
     ]
 
 
+#: A median training image shrunk at least this much (without tiles) gets the tiling warning,
+#: when it is a large image (at least LARGE_IMAGE_PIXELS: about 1.5 megapixels).
+SHRINK_FACTOR = 3.0
+LARGE_IMAGE_PIXELS = 1.5e6
+
+
+def downscale_warnings(cfg: Any, records: Sequence[Any]) -> list[str]:
+    """The large-image rule of the module docstring for training ``records`` (objects with
+    ``width``, ``height``); at most one line, empty with ``data.tiles`` on or small images."""
+    d = cfg.data
+    if not records or tile_size(d) is not None:
+        return []
+    scale = smallest_train_scale(d)
+    widths = np.array([r.width for r in records], dtype=np.float64)
+    heights = np.array([r.height for r in records], dtype=np.float64)
+    shrink = 1.0 / float(np.median(keep_ratio_factors(widths, heights, scale)))
+    if shrink < SHRINK_FACTOR or float(np.median(widths * heights)) < LARGE_IMAGE_PIXELS:
+        return []
+    long_side, short_side = max(cfg.model.test_scale), min(cfg.model.test_scale)  # tiles the model sees whole
+    image = f"{np.median(widths):.0f}×{np.median(heights):.0f}"
+    return [
+        f"training images are shrunk {shrink:.1f}× (median {image} px to the training scale {list(scale)}), and "
+        f"their objects with them; train on tiles at full resolution: set data.tiles.size=[{long_side}, {short_side}] "
+        f"and predict/val with --tiles {long_side}x{short_side} (README 'Large images')"
+    ]
+
+
 def check_training(
     cfg: Any,
     num_images: int,
@@ -264,5 +297,6 @@ def check_training(
         iters_per_epoch, repeat = sampler.batches_per_epoch(), sampler.repeat
     lines = schedule_warnings(cfg, num_images, iters_per_epoch, world_size, repeat)
     if records is not None:
-        lines += object_size_warnings(cfg, records, strides)
+        # the object-size fix names its own tile size; the large-image one only when that is silent
+        lines += object_size_warnings(cfg, records, strides) or downscale_warnings(cfg, records)
     return lines
