@@ -18,6 +18,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ["VARIFOCAL_PRECISION"] = "fp32"
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Every test starts with the suite's thread count: a test that changes it (a benchmark with
+    --threads) must not change the summation order, and so the last digits, of later tests."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared, or skip the test with a clear reason when it is absent."""
     path = SHARED.joinpath(*parts)

@@ -107,7 +107,9 @@ def test_make_input_pads_with_zeros():
 def test_tiny_run_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["benchmark", *TINY, "--repeat", "2", "--warmup", "0", "--runtimes", "eager,channels_last"]
-    assert main([*argv, "--json", str(out)]) == 0
+    threads = torch.get_num_threads()
+    assert main([*argv, "--json", str(out), "--threads", "1" if threads > 1 else "2"]) == 0
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
     result = json.loads(out.read_text())
     for key in ("torch", "cpu_model", "logical_cpus", "amx", "settings", "matmul_limit", "models"):
         assert key in result

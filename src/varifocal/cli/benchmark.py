@@ -181,10 +181,20 @@ def _one_line(exc: BaseException) -> str:
 
 def run_benchmark(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Everything ``varifocal benchmark`` measures, as the JSON dict of the module docstring.
+    torch's thread count is the caller's again afterwards (the runs set their own).
 
     Raises:
         UsageError / ConfigError / CheckpointError: a bad CONFIG_OR_MODEL or size (one line).
     """
+    caller_threads = torch.get_num_threads()
+    try:
+        return _run_benchmark(args, log)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _run_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
+    """:func:`run_benchmark` without the restoring of the thread count."""
     threads = args.threads or [torch.get_num_threads()]
     precisions, runtimes = args.precision, args.runtimes
     load_before = os.getloadavg()
