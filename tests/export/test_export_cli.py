@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'varifocal[export]')")
 
@@ -59,7 +58,6 @@ def test_export_and_check_on_a_folder(tmp_path, capsys):
     folder.mkdir()
     for name in ("BloodImage_00000.jpg", "BloodImage_00003.jpg"):
         (folder / name).write_bytes((IMAGES / name).read_bytes())
-    torch.set_num_threads(1)
     out = tmp_path / "m.onnx"
     args = ["export", "model.test_scale=[128,96]", "--checkpoint", str(MODEL), "--out", str(out)]
     code = main([*args, "--check", "--images", str(folder), "--deform", "deformconv"])

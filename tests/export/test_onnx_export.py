@@ -31,7 +31,6 @@ SCALE = (320, 240)
 def bccd_model():
     if not MODEL.is_file() or not IMAGES.is_dir():
         pytest.skip(f"{MODEL} or {IMAGES} is absent")
-    torch.set_num_threads(1)
     return model_from_checkpoint(MODEL, {"scale": list(SCALE)}).eval()
 
 
