@@ -140,6 +140,22 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 Transform = Callable[[Tensor, dict, dict], tuple[Tensor, dict, dict]]
 
 
+def apply_transforms(
+    transforms: Transform | None, seed: int | None, epoch: int, index: int, image: Tensor, target: dict, meta: dict
+) -> tuple[Tensor, dict, dict]:
+    """``transforms(image, target, meta)`` (nothing when ``None``); with a ``seed``, run with
+    torch's CPU generator seeded from :func:`sample_seed` ``(seed, epoch, index)`` and the global
+    generator restored afterwards (module docstring: the augmentation of a sample is a pure
+    function of ``(seed, epoch, index)``)."""
+    if transforms is None:
+        return image, target, meta
+    if seed is None:
+        return transforms(image, target, meta)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(sample_seed(seed, epoch, index))
+        return transforms(image, target, meta)
+
+
 class DetectionDataset(Dataset):
     """A list of :class:`ImageRecord` that decodes images and applies transforms.
 
@@ -287,14 +303,7 @@ class DetectionDataset(Dataset):
             "flip": False,
             "skipped_files": skipped,
         }
-        if self.transforms is not None:
-            if self.seed is None:
-                image, target, meta = self.transforms(image, target, meta)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
-                    image, target, meta = self.transforms(image, target, meta)
-        return image, target, meta
+        return apply_transforms(self.transforms, self.seed, self.epoch, index, image, target, meta)
 
     # ---- evaluation ---------------------------------------------------------------------------
 

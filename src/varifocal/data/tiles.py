@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import ImageRecord, Transform, sample_seed
+from .base import ImageRecord, Transform, apply_transforms
 
 __all__ = ["tile_starts", "tile_grid", "jitter_starts", "crop_boxes", "crop_record", "TiledDataset"]
 
@@ -370,14 +370,7 @@ class TiledDataset(Dataset):
             "flip": False,
             "tile": window,
         }
-        if self.transforms is not None:
-            if self.seed is None:
-                image, target, meta = self.transforms(image, target, meta)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
-                    image, target, meta = self.transforms(image, target, meta)
-        return image, target, meta
+        return apply_transforms(self.transforms, self.seed, self.epoch, index, image, target, meta)
 
     def __repr__(self) -> str:
         name = os.path.basename(str(getattr(self.dataset, "source", "")))
