@@ -14,6 +14,7 @@ import varifocal
 from varifocal.cli.main import main
 from varifocal.cli.slicing import tile_size
 from varifocal.engine.sliced import sliced_predict
+from varifocal.utils.precision import prepare_model
 
 REPO = Path(__file__).resolve().parents[2]
 BCCD = REPO / "data" / "bccd"
@@ -51,6 +52,7 @@ def test_predict_with_tiles_writes_the_sliced_detections(tmp_path, tiny_ckpt, ca
     assert "sliced inference: 480x360 slices, overlap 0.2, merge nmm (ios), no full image" in capsys.readouterr().out
     (rec,) = json.loads((out / "predictions.json").read_text())["images"]
     image = varifocal.data.load_image(src / "BloodImage_00000.jpg")
+    prepare_model(model, "fp32", "cpu", inference=True)  # the CLI's layout (channels-last on the CPU)
     expected = sliced_predict(model, image, (480, 360), 0.2, merge="nmm")  # 4 slices
     got = torch.tensor([d["bbox_xyxy"] for d in rec["detections"]]).reshape(-1, 4)
     assert len(got) == len(expected["boxes"]) > 0

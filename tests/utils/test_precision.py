@@ -70,3 +70,6 @@ def test_prepare_model_uses_channels_last_for_bf16_on_cpu():
     assert P.prepare_model(conv, "fp32", "cpu").weight.is_contiguous()
     P.prepare_model(conv, "bf16", "cpu")
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    inference = torch.nn.Conv2d(3, 4, 3)  # inference: channels-last in float32 too
+    P.prepare_model(inference, "fp32", "cpu", inference=True)
+    assert inference.weight.is_contiguous(memory_format=torch.channels_last)

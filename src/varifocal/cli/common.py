@@ -223,5 +223,5 @@ def precision_for(args: argparse.Namespace, model: torch.nn.Module, device: torc
         precision = resolve_precision(getattr(args, "precision", "auto"), device)
     except ValueError as exc:
         raise UsageError(f"--precision: {exc}") from None
-    prepare_model(model, precision, device)
+    prepare_model(model, precision, device, inference=True)
     return precision

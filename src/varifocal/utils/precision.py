@@ -104,9 +104,12 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
         yield
 
 
-def prepare_model(model: nn.Module, precision: str, device: torch.device | str) -> nn.Module:
-    """Put ``model`` in the memory layout its precision runs fastest in: channels-last for bf16
-    on the CPU (oneDNN's bf16 convs), unchanged otherwise. Returns ``model`` (changed in place)."""
-    if precision == "bf16" and torch.device(device).type == "cpu":
+def prepare_model(model: nn.Module, precision: str, device: torch.device | str, inference: bool = False) -> nn.Module:
+    """Put ``model`` in the memory layout it runs fastest in on ``device``: channels-last on the
+    CPU for bf16 (oneDNN's bf16 convs) and, with ``inference``, for every precision (VFNet-R50 at
+    1333×800 in float32: 2176 ms against 2907 contiguous, ``varifocal benchmark``); unchanged
+    otherwise (float32 training keeps the contiguous layout: its backward was not measured in
+    channels-last). Returns ``model`` (changed in place)."""
+    if torch.device(device).type == "cpu" and (precision == "bf16" or inference):
         model.to(memory_format=torch.channels_last)
     return model
