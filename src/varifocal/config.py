@@ -128,6 +128,12 @@ class DataConfig:
             so that an epoch is more than a batch or two (issue 16).
         min_iters_per_epoch: raise the repeat factor to the smallest value (>= ``repeat``)
             that gives an epoch at least this many iterations per process (0: off).
+        pipeline: training augmentation: ``'default'`` (resize, flip: spec §6.1) or ``'ssd'``
+            (SSD's photometric distortion, zoom-out expansion, min-IoU random crop, warp resize
+            to ``train_scale`` as ``(width, height)``, flip: ``refinedet_spec.md`` §11).
+        keep_ratio: ``True``: keep-ratio resizes to ``(long, short)`` scales (MMDetection);
+            ``False``: warp (stretch) to ``(width, height)``, as SSD and RefineDet test
+            (``refinedet_spec.md`` §1), for the validation images too.
     """
 
     format: Literal["coco", "voc"] = "coco"
@@ -150,6 +156,8 @@ class DataConfig:
     tiles: TilesConfig = field(default_factory=TilesConfig)
     repeat: int = 1
     min_iters_per_epoch: int = 0
+    pipeline: Literal["default", "ssd"] = "default"
+    keep_ratio: bool = True
 
     def path(self, relative: str) -> str:
         """``relative`` joined to ``root`` (unchanged when absolute or when ``root`` is empty)."""
@@ -237,6 +245,10 @@ class EvalConfig:
             (``<out_dir>/report/``: PR/F1 curves, confusion matrix, TIDE errors, score-vs-IoU
             calibration; needs matplotlib) and saves the per-class best-F1 score thresholds in
             the checkpoints (``varifocal predict --score-thr best``).
+        metric: what the evaluations report and rank checkpoints by: ``'coco'`` (COCO AP, the
+            default), ``'voc07'`` (PASCAL VOC mAP at IoU 0.5, 11-point, difficult objects
+            ignored) or ``'voc12'`` (the same, all-point area); the VOC metrics come with the
+            COCO numbers as well.
     """
 
     score_thr: Union[float, None] = None
@@ -247,6 +259,7 @@ class EvalConfig:
     backend: Literal["auto", "pycocotools", "faster_coco_eval"] = "auto"
     max_dets: int = 100
     report: bool = True
+    metric: Literal["coco", "voc07", "voc12"] = "coco"
 
 
 @dataclass

@@ -82,6 +82,8 @@ class Resize:
         scales: the candidate ``(long, short)`` pairs of the multiscale modes (at least one for
             ``'value'``, at least two for ``'range'``).
         generator: optional ``torch.Generator`` for the draws (default: global CPU RNG).
+        keep_ratio: ``False`` warps (stretches) the image to exactly ``(width, height)`` =
+            the drawn scale as given, the SSD/RefineDet resize (``refinedet_spec.md`` §1).
 
     Raises:
         ValueError: bad mode or scales.
@@ -93,6 +95,7 @@ class Resize:
         multiscale_mode: Literal["value", "range"] | None = None,
         scales: Sequence[Sequence[int]] | None = None,
         generator: torch.Generator | None = None,
+        keep_ratio: bool = True,
     ) -> None:
         if multiscale_mode not in (None, "value", "range"):
             raise ValueError(f"multiscale_mode must be None, 'value' or 'range', got {multiscale_mode!r}")
@@ -104,10 +107,11 @@ class Resize:
         if multiscale_mode == "range" and len(self.scales) < 2:
             raise ValueError(f"multiscale_mode='range' needs at least two scales, got {self.scales}")
         self.generator = generator
+        self.keep_ratio = bool(keep_ratio)
 
     def __repr__(self) -> str:
         if self.multiscale_mode is None:
-            return f"Resize(scale={self.scale})"
+            return f"Resize(scale={self.scale})" if self.keep_ratio else f"Resize(scale={self.scale}, keep_ratio=False)"
         return f"Resize(multiscale_mode={self.multiscale_mode!r}, scales={self.scales})"
 
     def _randint(self, low: int, high: int) -> int:
@@ -126,7 +130,8 @@ class Resize:
 
     def __call__(self, image: Tensor, target: dict[str, Any], meta: dict[str, Any]) -> Triple:
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        new_w, new_h = keep_ratio_size(width, height, self.sample_scale())
+        scale = self.sample_scale()
+        new_w, new_h = keep_ratio_size(width, height, scale) if self.keep_ratio else scale
         if (new_w, new_h) != (width, height):
             resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
             if image.dtype == torch.uint8:
@@ -195,18 +200,22 @@ def build_train_transforms(
     multiscale_mode: Literal["value", "range"] | None = None,
     scales: Sequence[Sequence[int]] | None = None,
     flip_prob: float = 0.5,
+    keep_ratio: bool = True,
 ) -> Compose:
-    """The training pipeline of spec §6.1: keep-ratio ``Resize`` then ``RandomHorizontalFlip``.
+    """The training pipeline of spec §6.1: keep-ratio ``Resize`` then ``RandomHorizontalFlip``;
+    with ``keep_ratio=False`` the resize warps to the drawn scale read as ``(width, height)``
+    (``refinedet_spec.md`` §1).
 
     Normalisation and padding are not here: they belong to the model's
     ``Preprocessor.pad_batch``.
     """
-    transforms: list[Callable[..., Triple]] = [Resize(scale, multiscale_mode, scales)]
+    transforms: list[Callable[..., Triple]] = [Resize(scale, multiscale_mode, scales, keep_ratio=keep_ratio)]
     if flip_prob > 0:
         transforms.append(RandomHorizontalFlip(flip_prob))
     return Compose(transforms)
 
 
-def build_test_transforms(scale: Sequence[int] = (1333, 800)) -> Compose:
-    """The test pipeline of spec §6.1: keep-ratio ``Resize`` only (no flip)."""
-    return Compose([Resize(scale)])
+def build_test_transforms(scale: Sequence[int] = (1333, 800), keep_ratio: bool = True) -> Compose:
+    """The test pipeline of spec §6.1: keep-ratio ``Resize`` only (no flip); with
+    ``keep_ratio=False`` a warp to ``scale = (width, height)`` (``refinedet_spec.md`` §1, §10)."""
+    return Compose([Resize(scale, keep_ratio=keep_ratio)])

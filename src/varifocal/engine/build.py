@@ -9,6 +9,7 @@ from torch import nn
 from ..checkpoint import load_checkpoint
 from ..config import Config
 from ..data import CocoDetection, VOCDetection, build_test_transforms, build_train_transforms
+from ..data.ssd_transforms import build_ssd_train_transforms
 from ..data.tiles import TiledDataset
 from ..models.zoo import build_model
 
@@ -21,13 +22,25 @@ def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[A
     With ``data.tiles.size`` set, the training set is a :class:`~varifocal.data.tiles.TiledDataset`
     over the images (which then only decode); the training transforms and ``train.seed`` go to
     the tiles. The validation set always holds whole images.
+
+    Training transforms: ``data.pipeline == 'default'``: resize (keep-ratio, or a warp to
+    ``train_scale`` as ``(width, height)`` with ``data.keep_ratio: false``) and flip;
+    ``'ssd'``: :func:`~varifocal.data.ssd_transforms.build_ssd_train_transforms` to
+    ``train_scale`` read as ``(width, height)`` (``refinedet_spec.md`` §11; ``multiscale_mode``
+    and ``train_scales`` are not used). Validation: a resize to ``model.test_scale``,
+    keep-ratio or warped after ``data.keep_ratio``.
     """
     d = cfg.data
     train_ds = val_ds = None
-    train_tf = build_train_transforms(tuple(d.train_scale), d.multiscale_mode, d.train_scales or None, d.flip_prob)
+    if d.pipeline == "ssd":
+        train_tf = build_ssd_train_transforms(tuple(d.train_scale), flip_prob=d.flip_prob)
+    else:
+        train_tf = build_train_transforms(
+            tuple(d.train_scale), d.multiscale_mode, d.train_scales or None, d.flip_prob, keep_ratio=d.keep_ratio
+        )
     tile_size = d.tiles.wh()
     image_tf, image_seed = (None, None) if tile_size else (train_tf, cfg.train.seed)
-    test_tf = build_test_transforms(tuple(cfg.model.test_scale))
+    test_tf = build_test_transforms(tuple(cfg.model.test_scale), keep_ratio=d.keep_ratio)
     if d.format == "coco":
         if train:
             train_ds = CocoDetection(

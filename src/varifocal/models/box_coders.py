@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..structures.boxes import bbox2distance, distance2bbox
 
-__all__ = ["DeltaXYWHBBoxCoder", "DistancePointBBoxCoder"]
+__all__ = ["DeltaXYWHBBoxCoder", "DistancePointBBoxCoder", "SSDBoxCoder"]
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -232,3 +232,68 @@ class DistancePointBBoxCoder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(clip_border={self.clip_border})"
+
+
+class SSDBoxCoder:
+    """SSD / RefineDet ``CENTER_SIZE`` coding with variances (``refinedet_spec.md`` §4).
+
+    For a reference box ``r`` (anchor or refined anchor) and a target ``g``, widths without
+    "+1": ``t = ((g_cx - r_cx) / r_w / v0, (g_cy - r_cy) / r_h / v1, log(g_w / r_w) / v2,
+    log(g_h / r_h) / v3)``; decoding inverts it with no clamp on ``exp`` and no clipping
+    (Caffe ``clip_bbox = false``, §17 item 9). Both are invariant to per-axis scaling, so pixel
+    boxes give the same offsets as Caffe's boxes normalised by the input width and height.
+
+    Args:
+        variances: ``(v0, v1, v2, v3)``, all > 0; (0.1, 0.1, 0.2, 0.2) in every RefineDet script.
+
+    Raises:
+        ValueError: not 4 positive variances.
+    """
+
+    def __init__(self, variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2)) -> None:
+        if len(variances) != 4 or any(float(v) <= 0 for v in variances):
+            raise ValueError(f"box_coders.py: variances must be 4 positive numbers, got {tuple(variances)}")
+        self.variances = tuple(float(v) for v in variances)
+
+    @staticmethod
+    def _center_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        w = boxes[..., 2] - boxes[..., 0]
+        h = boxes[..., 3] - boxes[..., 1]
+        return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+    def encode(self, references: Tensor, gt_bboxes: Tensor) -> Tensor:
+        """Offsets ``[..., 4]`` ``(t_x, t_y, t_w, t_h)`` of ``gt_bboxes`` from ``references``,
+        both ``[..., 4]`` xyxy (same shape, pixels or normalised); float32 or wider."""
+        if references.shape != gt_bboxes.shape or references.size(-1) != 4:
+            raise ValueError(
+                f"box_coders.py: references and gt_bboxes must both be [..., 4], got "
+                f"{tuple(references.shape)} and {tuple(gt_bboxes.shape)}"
+            )
+        dtype = _compute_dtype(references, gt_bboxes)
+        rx, ry, rw, rh = self._center_size(references.to(dtype))
+        gx, gy, gw, gh = self._center_size(gt_bboxes.to(dtype))
+        v0, v1, v2, v3 = self.variances
+        return torch.stack(
+            [(gx - rx) / rw / v0, (gy - ry) / rh / v1, torch.log(gw / rw) / v2, torch.log(gh / rh) / v3], dim=-1
+        )
+
+    def decode(self, references: Tensor, offsets: Tensor) -> Tensor:
+        """Boxes ``[..., 4]`` xyxy from ``references [..., 4]`` xyxy and ``offsets [..., 4]``
+        (broadcast against each other), in the references' units; not clipped."""
+        if references.size(-1) != 4 or offsets.size(-1) != 4:
+            raise ValueError(
+                f"box_coders.py: references and offsets must be [..., 4], got "
+                f"{tuple(references.shape)} and {tuple(offsets.shape)}"
+            )
+        dtype = _compute_dtype(references, offsets)
+        rx, ry, rw, rh = self._center_size(references.to(dtype))
+        offsets = offsets.to(dtype)
+        v0, v1, v2, v3 = self.variances
+        cx = rx + offsets[..., 0] * v0 * rw
+        cy = ry + offsets[..., 1] * v1 * rh
+        w = rw * torch.exp(offsets[..., 2] * v2)
+        h = rh * torch.exp(offsets[..., 3] * v3)
+        return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+    def __repr__(self) -> str:
+        return f"SSDBoxCoder(variances={self.variances})"

@@ -68,6 +68,8 @@ class Preprocessor(nn.Module):
         channel_order: ``'rgb'`` or ``'bgr'``: the order the network takes. Inputs are always
             RGB; ``'bgr'`` flips them before normalising (MMDetection's caffe-style configs with
             ``bgr_to_rgb=False``, e.g. FCOS, zoo_spec §1.4).
+        keep_ratio: ``False`` warps every image to exactly ``scale`` read as ``(width, height)``
+            (SSD / RefineDet, ``refinedet_spec.md`` §1); ``scale_factor`` then differs per axis.
 
     Inputs are ``[3, H, W]`` RGB tensors on the 0-255 scale (float or uint8), of any size.
     The resize is bilinear with half-pixel centres (OpenCV's ``INTER_LINEAR``), no antialias.
@@ -81,8 +83,10 @@ class Preprocessor(nn.Module):
         size_divisor: int = 32,
         pad_value: float = 0.0,
         channel_order: str = "rgb",
+        keep_ratio: bool = True,
     ) -> None:
         super().__init__()
+        self.keep_ratio = bool(keep_ratio)
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.channel_order = channel_order
@@ -97,6 +101,7 @@ class Preprocessor(nn.Module):
         return (
             f"scale={self.scale}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}, "
             f"size_divisor={self.size_divisor}, channel_order={self.channel_order!r}"
+            + ("" if self.keep_ratio else ", keep_ratio=False")
         )
 
     @staticmethod
@@ -124,8 +129,10 @@ class Preprocessor(nn.Module):
         image = image.float()
         if self.scale is None:
             new_w, new_h = width, height
-        else:
+        elif self.keep_ratio:
             new_w, new_h = keep_ratio_size(width, height, self.scale)
+        else:
+            new_w, new_h = int(self.scale[0]), int(self.scale[1])
         if (new_w, new_h) != (width, height):
             image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
         w_scale, h_scale = new_w / width, new_h / height

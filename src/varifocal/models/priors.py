@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["grid_points", "AnchorGenerator", "valid_flags"]
+__all__ = ["grid_points", "AnchorGenerator", "valid_flags", "ssd_anchors"]
 
 
 def _check_levels(featmap_sizes: Sequence[tuple[int, int]], strides: Sequence[int]) -> None:
@@ -258,3 +258,52 @@ class AnchorGenerator:
             f"scales={self.scales.tolist()}, base_sizes={self.base_sizes}, "
             f"center_offset={self.center_offset})"
         )
+
+
+def ssd_anchors(
+    featmap_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    sizes: Sequence[float],
+    ratios: Sequence[float] = (1.0, 2.0, 0.5),
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """SSD-style anchors of RefineDet (Caffe ``PriorBox``; ``refinedet_spec.md`` §3).
+
+    Cell ``(i, j)`` of level ``l`` is centred at ``((j + 0.5)·s_l, (i + 0.5)·s_l)`` (the fixed
+    stride, offset 0.5, unlike the MMDetection anchors above); its anchors, in the order of
+    ``ratios``, are ``w = S_l·sqrt(a)``, ``h = S_l / sqrt(a)`` (a = 2 is the wide one). Not
+    clipped. Order: level (finest first), then row, column, anchor: the order of
+    ``flatten_level`` on the head outputs.
+
+    Args:
+        featmap_sizes: ``(H_l, W_l)`` per level.
+        strides: stride ``s_l`` per level, pixels.
+        sizes: anchor size ``S_l`` per level, pixels (RefineDet: ``4·s_l``, 32…256).
+        ratios: aspect ratios ``w/h`` of a cell's anchors, in order.
+        device, dtype: of the result.
+
+    Returns:
+        ``[sum_l H_l·W_l·len(ratios), 4]`` xyxy in input-image pixels (6375 rows for the four
+        RefineDet levels of a 320×320 input, 16320 at 512).
+
+    Raises:
+        ValueError: the level lists differ in length, a size/stride/ratio is not positive.
+    """
+    _check_levels(featmap_sizes, strides)
+    if len(sizes) != len(strides):
+        raise ValueError(f"priors.py: got {len(sizes)} anchor sizes for {len(strides)} strides")
+    if any(float(v) <= 0 for v in (*strides, *sizes, *ratios)) or not ratios:
+        raise ValueError(f"priors.py: strides, sizes and ratios must be positive, got {strides}, {sizes}, {ratios}")
+    sqrt_ratios = torch.tensor([math.sqrt(float(a)) for a in ratios], dtype=torch.float64)
+    levels = []
+    for (h, w), stride, size in zip(featmap_sizes, strides, sizes):
+        ys = (torch.arange(int(h), dtype=torch.float64) + 0.5) * float(stride)
+        xs = (torch.arange(int(w), dtype=torch.float64) + 0.5) * float(stride)
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        cx, cy = cx.reshape(-1, 1), cy.reshape(-1, 1)  # [HW, 1]
+        half_w = 0.5 * float(size) * sqrt_ratios  # [A]
+        half_h = 0.5 * float(size) / sqrt_ratios
+        boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)  # [HW, A, 4]
+        levels.append(boxes.reshape(-1, 4))
+    return torch.cat(levels).to(device=device, dtype=dtype)

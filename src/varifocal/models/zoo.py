@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .detectors import atss as _atss
 from .detectors import fcos as _fcos
+from .detectors import refinedet as _refinedet
 from .detectors import retinanet as _retinanet
 from .detectors import vfnet as _vfnet
 
@@ -51,6 +52,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fcos_lite0_fpn": _fcos.fcos_lite0_fpn,
     **_family(_atss.atss, _atss.VARIANTS),
     "atss_lite0_fpn": _atss.atss_lite0_fpn,
+    **_family(_refinedet.refinedet, _refinedet.VARIANTS),
 }
 
 
@@ -103,7 +105,9 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
     Recognised heads: ``vfnet_cls`` (VFNet), ``retina_cls`` (RetinaNet; A = 9 anchors),
     ``atss_cls`` (ATSS), ``conv_centerness``/``fcos_centerness`` (FCOS; the "tricks" variant has
     tower conv biases). FCOS checkpoints with a plain ResNet trunk are taken as the caffe-style
-    zoo model (the style cannot be read from the keys, zoo_spec §1.2).
+    zoo model (the style cannot be read from the keys, zoo_spec §1.2). ``odm_conf`` is RefineDet
+    (trunk from ``fc7`` / ``_conv_stem`` keys; always the 320 variant: the size is not in the
+    weights, varifocal checkpoints carry it in their builder arguments).
 
     Returns:
         ``(name, {'num_classes': K})``, e.g. ``('retinanet_r50_fpn', {'num_classes': 80})``.
@@ -116,6 +120,12 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
         return int(state_dict[key].shape[0])
 
     lite = "backbone._conv_stem.weight" in state_dict
+    if "bbox_head.odm_conf.0.weight" in state_dict:
+        # RefineDet: the input size is not in the weights; 320 unless the checkpoint's meta says so.
+        anchors = shape0("bbox_head.odm_loc.0.weight") // 4
+        num_classes = shape0("bbox_head.odm_conf.0.weight") // anchors - 1
+        trunk = "lite0" if lite else "vgg16" if "backbone.fc7.weight" in state_dict else "r101"
+        return f"refinedet320_{trunk}", {"num_classes": num_classes}
     if "bbox_head.vfnet_cls.weight" in state_dict:
         family, num_classes = "vfnet", shape0("bbox_head.vfnet_cls.weight")
     elif "bbox_head.retina_cls.weight" in state_dict:
