@@ -411,3 +411,15 @@ def test_build_datasets_ssd_pipeline_and_warped_validation():
     train_ds, _ = build_datasets(cfg, val=False)
     image, _, meta = train_ds[0]
     assert tuple(image.shape) == (3, 256, 320) and meta["scale_factor"] == (0.5, 256 / 480)
+
+
+def test_box_sides_of_a_warp_use_both_axes():
+    from types import SimpleNamespace
+
+    from varifocal.data.stats import box_sides
+
+    record = SimpleNamespace(width=640, height=480, boxes=[[0.0, 0.0, 100.0, 90.0]])
+    # Keep-ratio to (320, 320): factor min(320/640, 320/480) = 0.5 -> sqrt(100*90)*0.5.
+    assert box_sides([record], (320, 320))[0] == pytest.approx((100 * 90) ** 0.5 * 0.5)
+    # Warp to 320x320: 100 -> 50 wide, 90 -> 60 high -> sqrt(50*60).
+    assert box_sides([record], (320, 320), keep_ratio=False)[0] == pytest.approx((50 * 60) ** 0.5)

@@ -74,8 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.time()
     result = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
+        best = "AP" if cfg.eval.metric == "coco" else f"{cfg.eval.metric}_mAP"
         print(
-            f"done: {result['epoch']} epochs, {result['iteration']} iterations, best AP {result['best_ap']:.4f}, "
+            f"done: {result['epoch']} epochs, {result['iteration']} iterations, best {best} {result['best_ap']:.4f}, "
             f"{time.time() - start:.0f} s"
         )
     return 0
@@ -96,27 +97,56 @@ def describe_test_settings(model: torch.nn.Module, from_config: dict, from_check
     return "test settings: " + ", ".join(parts)
 
 
+def _voc_of_predictions_file(ann: str, predictions: str, metrics: dict, metric: str) -> None:
+    """Add ``<metric>_mAP`` and ``<metric>`` to ``metrics``: the VOC metrics of a COCO results file
+    against a COCO ground truth (``iscrowd=1`` boxes ignored as VOC difficult boxes)."""
+    from ..evaluation import CocoEvaluator
+    from ..evaluation.voc_eval import evaluate_voc, voc_inputs_from_coco
+
+    evaluator = CocoEvaluator(ann)
+    detections, ground_truths = voc_inputs_from_coco(
+        evaluator.gt_dict, evaluator.load_predictions(predictions), metrics["cat_ids"]
+    )
+    result = evaluate_voc(detections, ground_truths, metrics["class_names"], use_07_metric=metric == "voc07")
+    metrics[f"{metric}_mAP"] = result["mAP"]
+    metrics[metric] = result
+
+
 def cmd_val(args: argparse.Namespace) -> int:
-    """Run ``val``: COCO metrics of a checkpoint on ``data.val_*`` (or of a predictions file)."""
+    """Run ``val``: COCO metrics of a checkpoint on ``data.val_*`` (or of a predictions file);
+    with ``--metric voc07|voc12`` (default: ``eval.metric``) the PASCAL VOC metrics as well: a
+    per-class table printed after the COCO summary, ``<metric>_mAP`` and ``<metric>`` (per class)
+    in ``metrics.json``."""
     from ..engine.build import test_cfg_from_config
     from ..engine.report import report_for_coco, report_for_dataset
     from ..engine.trainer import build_datasets, evaluate
     from ..evaluation import CocoEvaluator, evaluate_file, format_summary, write_json_atomic
+    from ..evaluation.voc_eval import format_voc_table
 
     out_dir = check_out_dir(args.out_dir, "--out-dir")
+    metric = getattr(args, "metric", None)
     if args.predictions:  # evaluate a predictions file alone
         if not args.ann:
             raise UsageError("--predictions needs --ann (the COCO ground-truth file)")
+        if metric is None:
+            metric = load_config(args.config, args.overrides).eval.metric if (args.config or args.overrides) else "coco"
         metrics = evaluate_file(args.ann, args.predictions, out_dir)
         print(format_summary(metrics))
+        if metric != "coco":
+            _voc_of_predictions_file(args.ann, args.predictions, metrics, metric)
+            print(format_voc_table(metrics[metric]))
         if args.report:
             evaluator = CocoEvaluator(args.ann)
             results = evaluator.load_predictions(args.predictions)
             report_for_coco(evaluator.gt_dict, results, metrics["class_names"], metrics["cat_ids"], metrics, out_dir)
+        if args.report or metric != "coco":
             write_json_atomic(out_dir / "metrics.json", metrics)
+        if args.report:
             _print_report(metrics, out_dir)
         return 0
     cfg = load_config(args.config, args.overrides)
+    if metric is None:
+        metric = cfg.eval.metric
     if not args.checkpoint:
         raise UsageError("val needs --checkpoint (or --predictions with --ann)")
     slicing = slice_settings_from_args(args, cfg.eval.batch_size)
@@ -154,6 +184,7 @@ def cmd_val(args: argparse.Namespace) -> int:
         backend=cfg.eval.backend,
         max_dets=cfg.eval.max_dets,
         precision=precision,
+        metric=metric,
     )
     metrics["precision"] = precision
     if slicing is not None:
@@ -165,6 +196,8 @@ def cmd_val(args: argparse.Namespace) -> int:
     write_json_atomic(out_dir / "predictions.json", results)
     write_json_atomic(out_dir / "metrics.json", metrics)
     print(format_summary(metrics))
+    if metric != "coco":
+        print(format_voc_table(metrics[metric]))
     if args.report:
         _print_report(metrics, out_dir)
     skipped = f", {metrics['num_skipped_images']} unreadable left out" if metrics.get("num_skipped_images") else ""

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import Config, ConfigError, load_config
 from ..data import AspectRatioGroupedBatchSampler, DataError
-from ..data.stats import DatasetStats, box_sides, dataset_stats, smallest_train_scale, tile_size
+from ..data.stats import DatasetStats, box_sides, dataset_stats, smallest_train_scale, test_scale, tile_size
 from ..engine.optim import resolve_schedule
 from ..engine.schedule_check import DEFAULT_STRIDES, check_training
 from ..models.zoo import list_models
@@ -124,13 +124,20 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     stats = dataset_stats(train_ds)
     lines = [f"data check of {args.config or 'the defaults'} (model {cfg.model.name}, strides {list(strides)})"]
     lines += _describe("training", train_ds, stats)
-    train_scale, test_scale = smallest_train_scale(cfg.data), (max(cfg.model.test_scale), min(cfg.model.test_scale))
+    train_scale, eval_scale = smallest_train_scale(cfg.data), test_scale(cfg)
+    train_keep = cfg.data.keep_ratio and cfg.data.pipeline != "ssd"
     tile = tile_size(cfg.data)
     tiled = "" if tile is None else f" ({tile[0]}×{tile[1]} tiles)"
     rows = [
         ("original", stats.sides),
-        (f"training {train_scale[0]}×{train_scale[1]}{tiled}", box_sides(train_ds.records, train_scale, tile)),
-        (f"test {test_scale[0]}×{test_scale[1]}{tiled}", box_sides(train_ds.records, test_scale, tile)),
+        (
+            f"training {train_scale[0]}×{train_scale[1]}{tiled}",
+            box_sides(train_ds.records, train_scale, tile, keep_ratio=train_keep),
+        ),
+        (
+            f"test {eval_scale[0]}×{eval_scale[1]}{tiled}",
+            box_sides(train_ds.records, eval_scale, tile, keep_ratio=cfg.data.keep_ratio),
+        ),
     ]
     lines += format_size_table(rows, min(strides))
     if val_ds is not None:
@@ -139,7 +146,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         lines += format_size_table(
             [
                 ("original", val_stats.sides),
-                (f"test {test_scale[0]}×{test_scale[1]}{tiled}", box_sides(val_ds.records, test_scale, tile)),
+                (
+                    f"test {eval_scale[0]}×{eval_scale[1]}{tiled}",
+                    box_sides(val_ds.records, eval_scale, tile, keep_ratio=cfg.data.keep_ratio),
+                ),
             ],
             min(strides),
         )

@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also write the evaluation report to <out-dir>/report/: PR/F1 curves, confusion matrix, TIDE errors, "
         "score-vs-IoU calibration, report.html (needs matplotlib); best-F1 thresholds go into metrics.json",
     )
+    p.add_argument(
+        "--metric",
+        choices=("coco", "voc07", "voc12"),
+        default=None,
+        help="coco (default: the config's eval.metric), or also PASCAL VOC mAP@0.5: voc07 (11-point) or voc12 "
+        "(all-point), difficult boxes ignored; prints a per-class table and adds <metric>_mAP to metrics.json",
+    )
     add_precision_argument(p)
     p.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     add_slicing_arguments(p)

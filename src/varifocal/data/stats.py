@@ -13,7 +13,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["DatasetStats", "box_sides", "dataset_stats", "keep_ratio_factors", "smallest_train_scale", "tile_size"]
+__all__ = [
+    "DatasetStats",
+    "box_sides",
+    "dataset_stats",
+    "keep_ratio_factors",
+    "resize_factors",
+    "smallest_train_scale",
+    "test_scale",
+    "tile_size",
+]
 
 
 def keep_ratio_factors(widths: np.ndarray, heights: np.ndarray, scale: Sequence[int]) -> np.ndarray:
@@ -35,11 +44,32 @@ def keep_ratio_factors(widths: np.ndarray, heights: np.ndarray, scale: Sequence[
     return np.minimum(max(scale) / np.maximum(w, h), min(scale) / np.minimum(w, h))
 
 
+def resize_factors(
+    widths: np.ndarray, heights: np.ndarray, scale: Sequence[int], keep_ratio: bool = True
+) -> np.ndarray:
+    """The factor by which each image's box sides ``sqrt(w·h)`` change under its resize:
+    :func:`keep_ratio_factors`, or for a warp to ``scale = (width, height)`` (``data.keep_ratio:
+    false``) the geometric mean ``sqrt(scale_w / w · scale_h / h)`` of the two axes' factors.
+
+    Returns:
+        float64 ``[N]``.
+    """
+    if keep_ratio:
+        return keep_ratio_factors(widths, heights, scale)
+    w = np.asarray(widths, dtype=np.float64)
+    h = np.asarray(heights, dtype=np.float64)
+    return np.sqrt(float(scale[0]) / w * float(scale[1]) / h)
+
+
 def box_sides(
-    records: Sequence[Any], scale: Sequence[int] | None = None, tile: Sequence[int] | None = None
+    records: Sequence[Any],
+    scale: Sequence[int] | None = None,
+    tile: Sequence[int] | None = None,
+    keep_ratio: bool = True,
 ) -> np.ndarray:
     """``sqrt(w·h)`` of every training box of ``records``, in original pixels (``scale=None``)
-    or after each image's keep-ratio resize to ``scale``.
+    or after each image's resize to ``scale`` (keep-ratio, or a warp to ``(width, height)``
+    with ``keep_ratio=False``; see :func:`resize_factors`).
 
     With ``tile = (tile_w, tile_h)`` an image larger than a tile is resized as a tile
     (``min(w, tile_w) x min(h, tile_h)``, what tiled training and sliced inference feed the
@@ -62,7 +92,7 @@ def box_sides(
         side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
         if scale is not None:
             w, h = (r.width, r.height) if tile is None else (min(r.width, tile[0]), min(r.height, tile[1]))
-            side = side * float(keep_ratio_factors(np.array([w]), np.array([h]), scale)[0])
+            side = side * float(resize_factors(np.array([w]), np.array([h]), scale, keep_ratio)[0])
         parts.append(side)
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -70,10 +100,21 @@ def box_sides(
 def smallest_train_scale(data_cfg: Any) -> tuple[int, int]:
     """The training scale that shrinks images the most: ``data.train_scale`` without
     multiscale, else ``(min long edge, min short edge)`` of ``data.train_scales`` (the lower
-    end of the ``'range'`` draws; for ``'value'`` a lower bound of its candidates)."""
+    end of the ``'range'`` draws; for ``'value'`` a lower bound of its candidates). With
+    ``data.keep_ratio: false`` or ``data.pipeline: ssd``: ``data.train_scale`` as
+    ``(width, height)``."""
+    if not getattr(data_cfg, "keep_ratio", True) or getattr(data_cfg, "pipeline", "default") == "ssd":
+        return (int(data_cfg.train_scale[0]), int(data_cfg.train_scale[1]))
     if data_cfg.multiscale_mode is None or not data_cfg.train_scales:
         return (max(data_cfg.train_scale), min(data_cfg.train_scale))
     return (min(max(s) for s in data_cfg.train_scales), min(min(s) for s in data_cfg.train_scales))
+
+
+def test_scale(cfg: Any) -> tuple[int, int]:
+    """``model.test_scale`` as ``(long, short)``, or as ``(width, height)`` with
+    ``data.keep_ratio: false``."""
+    scale = tuple(int(v) for v in cfg.model.test_scale)
+    return scale if not getattr(cfg.data, "keep_ratio", True) else (max(scale), min(scale))
 
 
 def tile_size(data_cfg: Any) -> tuple[int, int] | None:

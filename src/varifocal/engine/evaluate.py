@@ -13,6 +13,12 @@ scored on the whole image as usual. The dataset must then give images at their o
 Precision (issue 12): ``precision`` is a resolved name of :mod:`varifocal.utils.precision`
 (``fp32``, ``bf16``, ``fp16``); the model's forward runs under that autocast, its post-processing
 in float32. ``backend`` and ``max_dets`` go to :class:`~varifocal.evaluation.CocoEvaluator`.
+
+VOC metrics (``eval.metric``, issue "RefineDet" item 3): with ``metric='voc07'`` or ``'voc12'``
+the same detections are also scored by :func:`~varifocal.evaluation.voc_eval.evaluate_voc`
+(IoU 0.5, the dataset's crowd boxes, i.e. VOC ``difficult=1``, ignored, devkit "+1" boxes) and
+the metrics gain ``<metric>_mAP`` and ``<metric>`` (the per-class result);
+:func:`ranking_value` is the number a run ranks its checkpoints by.
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import DataError, collate
 from ..evaluation import CocoEvaluator, detections_to_coco
+from ..evaluation.voc_eval import evaluate_voc, voc_ground_truths
 from ..utils.precision import autocast
 from .sliced import SliceSettings, sliced_predict
 
-__all__ = ["run_inference", "evaluate"]
+__all__ = ["run_inference", "evaluate", "voc_metrics", "ranking_value", "METRICS"]
+
+#: the values of ``eval.metric`` / ``varifocal val --metric``
+METRICS = ("coco", "voc07", "voc12")
 
 
 class _NoSubstitution(Dataset):
@@ -162,9 +172,11 @@ def evaluate(
     backend: str = "auto",
     max_dets: int = 100,
     precision: str = "fp32",
+    metric: str = "coco",
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
     """COCO bbox metrics of ``model`` on ``dataset`` (spec §5.3); with ``slicing``, of its sliced
-    predictions (module docstring), scored on the whole images.
+    predictions (module docstring), scored on the whole images; with ``metric`` ``'voc07'`` /
+    ``'voc12'`` the VOC metrics as well (:func:`voc_metrics`).
 
     The ground truth is the dataset's own (:meth:`to_coco_dict`: the boxes it kept). Images
     that could not be read (``skip_bad_images``) are neither predicted nor scored.
@@ -175,12 +187,15 @@ def evaluate(
         ``skipped_images`` (file names of the bad images left out) and ``dropped_boxes`` /
         ``ignored_boxes`` (annotations of the evaluated images that the dataset dropped, not
         scored); ``detections`` are those of :func:`run_inference`, one dict per evaluated
-        image in dataset order.
+        image in dataset order. With a VOC ``metric``, ``metrics`` also holds
+        ``"<metric>_mAP"`` (float) and ``"<metric>"`` (the :func:`evaluate_voc` result).
 
     Raises:
         DataError: a bad image without ``skip_bad_images``, or no readable image at all.
-        ValueError: ``slicing`` with a dataset that resizes its images.
+        ValueError: ``slicing`` with a dataset that resizes its images, or an unknown ``metric``.
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     detections, image_ids, skipped = _inference(
         model, dataset, device, batch_size, num_workers, progress, slicing, precision
     )
@@ -190,4 +205,34 @@ def evaluate(
     results = detections_to_coco(detections, image_ids, dataset.cat_ids)
     evaluator = CocoEvaluator(dataset, dataset.class_names, dataset.cat_ids, backend=backend, max_dets=max_dets)
     metrics = evaluator.evaluate(results, image_ids=image_ids, skipped_images=skipped)
+    if metric != "coco":
+        metrics.update(voc_metrics(dataset, detections, image_ids, metric))
     return metrics, results, detections
+
+
+def voc_metrics(
+    dataset: Any, detections: Sequence[dict[str, Any]], image_ids: Sequence[int], metric: str
+) -> dict[str, Any]:
+    """``{"<metric>_mAP": float, "<metric>": result}``: :func:`~varifocal.evaluation.voc_eval.evaluate_voc`
+    of ``detections`` (one per id of ``image_ids``, boxes ``xyxy`` in original pixels) against the
+    records of ``dataset`` with those ids (``boxes`` / ``labels``; ``crowd_boxes`` /
+    ``crowd_labels``, VOC ``difficult=1``, as the difficult boxes), at IoU 0.5 with the devkit's
+    "+1" boxes; ``metric`` ``'voc07'`` is the 11-point AP, ``'voc12'`` the all-point AP.
+
+    Raises:
+        ValueError: a metric other than ``voc07`` / ``voc12``, or an image id that is not a record of ``dataset``.
+    """
+    if metric not in ("voc07", "voc12"):
+        raise ValueError(f"voc_metrics: metric must be voc07 or voc12, got {metric!r}")
+    record_of = {r.image_id: r for r in dataset.records}
+    missing = [i for i in image_ids if i not in record_of]
+    if missing:
+        raise ValueError(f"voc_metrics: image ids {missing[:5]} are not records of {getattr(dataset, 'source', '')}")
+    ground_truths = voc_ground_truths([record_of[i] for i in image_ids])
+    result = evaluate_voc(detections, ground_truths, dataset.class_names, iou_thr=0.5, use_07_metric=metric == "voc07")
+    return {f"{metric}_mAP": result["mAP"], metric: result}
+
+
+def ranking_value(metrics: dict[str, Any], metric: str) -> float:
+    """What a run ranks its checkpoints by: COCO ``stats["AP"]`` for ``'coco'``, else ``metrics["<metric>_mAP"]``."""
+    return float(metrics["stats"]["AP"] if metric == "coco" else metrics[f"{metric}_mAP"])

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.sampler import AspectRatioGroupedBatchSampler
-from ..data.stats import box_sides, keep_ratio_factors, smallest_train_scale, tile_size
+from ..data.stats import box_sides, resize_factors, smallest_train_scale, test_scale, tile_size
 from .optim import resolve_schedule
 
 __all__ = [
@@ -201,12 +201,13 @@ def object_size_warnings(cfg: Any, records: Sequence[Any], strides: Sequence[int
     original = box_sides(records)
     if original.size == 0:
         return []
-    d, m = cfg.data, cfg.model
-    scales = {"training": smallest_train_scale(d), "test": (max(m.test_scale), min(m.test_scale))}
+    d = cfg.data
+    train_keep = d.keep_ratio and d.pipeline != "ssd"
+    scales = {"training": (smallest_train_scale(d), train_keep), "test": (test_scale(cfg), d.keep_ratio)}
     tile = tile_size(d)
     worst = None
-    for name, scale in scales.items():
-        sides = box_sides(records, scale, tile)
+    for name, (scale, keep_ratio) in scales.items():
+        sides = box_sides(records, scale, tile, keep_ratio=keep_ratio)
         median, small = float(np.median(sides)), float(np.mean(sides < stride / 2))
         if (median < stride or small > SMALL_FRACTION) and (worst is None or median < worst[2]):
             worst = (name, scale, median, small)
@@ -252,7 +253,8 @@ def downscale_warnings(cfg: Any, records: Sequence[Any]) -> list[str]:
     scale = smallest_train_scale(d)
     widths = np.array([r.width for r in records], dtype=np.float64)
     heights = np.array([r.height for r in records], dtype=np.float64)
-    shrink = 1.0 / float(np.median(keep_ratio_factors(widths, heights, scale)))
+    keep_ratio = d.keep_ratio and d.pipeline != "ssd"
+    shrink = 1.0 / float(np.median(resize_factors(widths, heights, scale, keep_ratio)))
     if shrink < SHRINK_FACTOR or float(np.median(widths * heights)) < LARGE_IMAGE_PIXELS:
         return []
     long_side, short_side = max(cfg.model.test_scale), min(cfg.model.test_scale)  # tiles the model sees whole

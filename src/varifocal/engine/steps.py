@@ -21,7 +21,7 @@ from ..evaluation import write_json_atomic
 from ..utils.precision import prepare_model, resolve_precision
 from . import state
 from .build import build_datasets, model_from_config
-from .evaluate import evaluate
+from .evaluate import evaluate, ranking_value
 from .optim import build_optimizer
 from .run_dir import _Logger
 from .schedule_check import check_training, model_strides
@@ -182,9 +182,15 @@ def _evaluate_and_checkpoint(
     model_kwargs: dict[str, Any],
 ) -> tuple[dict[str, Any], float]:
     """After epoch ``epoch`` (0-based): evaluate every ``eval_interval`` epochs and at the end
-    (``best.pth`` when AP improves), write ``last.pth`` every ``checkpoint_interval`` epochs and
-    at the end. Returns the updated ``(last_metrics, best_ap)``."""
+    (``best.pth`` when the ranking value improves), write ``last.pth`` every ``checkpoint_interval``
+    epochs and at the end. Returns the updated ``(last_metrics, best_ap)``.
+
+    The ranking value is COCO AP, or with ``eval.metric`` ``voc07`` / ``voc12`` the VOC mAP
+    (:func:`~varifocal.engine.evaluate.ranking_value`), which then also goes into the ``val``
+    record and the epoch line (``voc07_mAP 0.xxxx``); ``best.pth`` stores it as its ``AP`` with
+    ``metric`` naming it."""
     t = cfg.train
+    metric = cfg.eval.metric
     final = epoch + 1 == t.epochs
     if val_ds is not None and t.eval_interval > 0 and ((epoch + 1) % t.eval_interval == 0 or final):
         last_metrics, results, _ = evaluate(
@@ -195,15 +201,22 @@ def _evaluate_and_checkpoint(
             slicing=val_slicing(cfg),
             backend=cfg.eval.backend,
             max_dets=cfg.eval.max_dets,
+            metric=metric,
         )
-        ap = float(last_metrics["stats"]["AP"])
-        log.record("val", iteration, {"epoch": epoch + 1, **last_metrics["stats"]})
-        log.print(f"epoch {epoch + 1}: AP {ap:.4f} AP50 {last_metrics['stats']['AP50']:.4f}")
+        ap = ranking_value(last_metrics, metric)
+        line = f"epoch {epoch + 1}: AP {last_metrics['stats']['AP']:.4f} AP50 {last_metrics['stats']['AP50']:.4f}"
+        values = {"epoch": epoch + 1, **last_metrics["stats"]}
+        if metric != "coco":
+            values[f"{metric}_mAP"] = ap
+            line += f" {metric}_mAP {ap:.4f}"
+        log.record("val", iteration, values)
+        log.print(line)
         if final:
             _final_report(cfg, val_ds, results, last_metrics, out_dir, log, class_info)
         if ap > best_ap:
             best_ap = ap
-            state.save_best(out_dir / "best.pth", model, cfg, model_kwargs, class_info, epoch + 1, ap)
+            info = class_info if metric == "coco" else {**class_info, "metric": metric}
+            state.save_best(out_dir / "best.pth", model, cfg, model_kwargs, info, epoch + 1, ap)
     if (epoch + 1) % t.checkpoint_interval == 0 or epoch + 1 == t.epochs:
         state.save_last(
             out_dir / "last.pth", model, optimizer, scaler, cfg, model_kwargs, class_info, epoch + 1, iteration, best_ap

@@ -2,7 +2,8 @@
 
 ``train(cfg)`` runs in one process or under ``torchrun`` (DDP: gloo on CPU, nccl on CUDA).
 Every epoch it writes ``last.pth`` atomically (model, optimizer, RNG states, epoch, iteration,
-resolved config, class names) and, after evaluation, ``best.pth`` by COCO AP. ``resume=True``
+resolved config, class names) and, after evaluation, ``best.pth`` by COCO AP (by the VOC mAP
+when ``eval.metric`` is ``voc07`` / ``voc12``). ``resume=True``
 restarts from ``last.pth`` at the start of the next epoch; since the data order and the
 augmentation of every sample are functions of (seed, epoch, index), a resumed run ends with
 the same weights as an uninterrupted one.
