@@ -164,7 +164,8 @@ def test_list_and_unknown_model():
         "atss_r101_fpn",
     }
     lite = {"vfnet_lite0_fpn", "retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn"}
-    assert set(ZOO) | zoo | lite == set(names) and names == sorted(names)
+    refinedet = {f"refinedet{size}_{trunk}" for size in (320, 512) for trunk in ("vgg16", "r101", "lite0")}
+    assert set(ZOO) | zoo | lite | refinedet == set(names) and names == sorted(names)
     with pytest.raises(ValueError, match="did you mean vfnet_r50_fpn"):
         varifocal.build_model("vfnet_r5O_fpn")
 
