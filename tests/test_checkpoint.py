@@ -110,6 +110,9 @@ def test_infer_model_name_from_keys():
         ("atss_r50_fpn", 80),
         ("atss_r101_fpn", 6),
         ("atss_lite0_fpn", 3),
+        ("fovea_r50_fpn", 80),
+        ("fovea_r101_fpn", 5),
+        ("fovea_lite0_fpn", 3),
     ]:
         with torch.device("meta"):
             model = varifocal.build_model(name, num_classes=classes)
@@ -137,6 +140,24 @@ def test_legacy_fcos_predictor_names_load(tmp_path):
     assert torch.equal(fresh.bbox_head.conv_centerness.weight, model.bbox_head.conv_centerness.weight)
     info = convert_mmdet_checkpoint(src, tmp_path / "converted.pth")
     assert info["model_name"] == "fcos_lite0_fpn" and info["class_names"] == ["a", "b", "c"]
+
+
+def test_legacy_fovea_predictor_names_load(tmp_path):
+    """FoveaBox zoo files from before MMDetection's July 2020 refactor call the predictors
+    fovea_cls and fovea_reg (zoo_spec §1.18, §5.7); they load into conv_* and convert by name."""
+    torch.manual_seed(0)
+    model = varifocal.build_model("fovea_lite0_fpn", num_classes=3)
+    legacy = {k.replace("bbox_head.conv_", "bbox_head.fovea_"): v for k, v in model.state_dict().items()}
+    assert "bbox_head.fovea_reg.weight" in legacy and "bbox_head.conv_cls.weight" not in legacy
+    src = tmp_path / "fovea_legacy.pth"
+    torch.save({"state_dict": legacy, "meta": {"CLASSES": ("a", "b", "c")}}, src)
+    fresh = varifocal.build_model("fovea_lite0_fpn", num_classes=3)
+    varifocal.load_checkpoint(fresh, src)
+    assert torch.equal(fresh.bbox_head.conv_reg.weight, model.bbox_head.conv_reg.weight)
+    assert torch.equal(fresh.bbox_head.conv_cls.bias, model.bbox_head.conv_cls.bias)
+    info = convert_mmdet_checkpoint(src, tmp_path / "converted.pth")
+    assert info["model_name"] == "fovea_lite0_fpn" and info["class_names"] == ["a", "b", "c"]
+    assert "bbox_head.conv_cls.weight" in read_checkpoint(tmp_path / "converted.pth")["state_dict"]
 
 
 def test_convert_mmdet_checkpoint(tmp_path):

@@ -1,12 +1,12 @@
 """Print how far our detectors are from the MMDetection golden outputs (numbers quoted in README).
 
-Usage: .venv/bin/python tools/golden_report.py [--only vfnet|retinanet|fcos|atss] [VFNET_GOLDEN_DIR]
+Usage: .venv/bin/python tools/golden_report.py [--only vfnet|retinanet|fcos|atss|fovea] [VFNET_GOLDEN_DIR]
 
-Default: all four. VFNet is checked against ``../shared/golden/vfnet_r50_coco80`` (or the
-positional directory); RetinaNet, FCOS and ATSS against the zoo goldens ``retinanet_r50_coco80``,
-``fcos_r50_caffe_coco80`` and ``atss_r50_coco80`` (format and tolerances:
-``../shared/golden/README.md``). As in ``tests/golden``, ``$VARIFOCAL_SHARED`` moves ``../shared``,
-``$VARIFOCAL_GOLDEN_{RETINANET,FCOS,ATSS}`` the zoo goldens and ``$VARIFOCAL_GOLDEN_TRUNK`` the
+Default: all five. VFNet is checked against ``../shared/golden/vfnet_r50_coco80`` (or the
+positional directory); RetinaNet, FCOS, ATSS and FoveaBox against the zoo goldens
+``retinanet_r50_coco80``, ``fcos_r50_caffe_coco80``, ``atss_r50_coco80`` and ``fovea_r50_coco80``
+(format and tolerances: ``../shared/golden/README.md``). As in ``tests/golden``,
+``$VARIFOCAL_SHARED`` moves ``../shared``, ``$VARIFOCAL_GOLDEN_{RETINANET,FCOS,ATSS,FOVEA}`` the zoo goldens and ``$VARIFOCAL_GOLDEN_TRUNK`` the
 checkpoint whose ``backbone.*`` a trunk-less zoo checkpoint takes (the golden README's trunk rule).
 
 Per zoo golden it prints: max |Δ| of the raw head outputs (RetinaNet: logit channels
@@ -39,6 +39,7 @@ ZOO = {
     "retinanet": ("VARIFOCAL_GOLDEN_RETINANET", "retinanet_r50_coco80"),
     "fcos": ("VARIFOCAL_GOLDEN_FCOS", "fcos_r50_caffe_coco80"),
     "atss": ("VARIFOCAL_GOLDEN_ATSS", "atss_r50_coco80"),
+    "fovea": ("VARIFOCAL_GOLDEN_FOVEA", "fovea_r50_coco80"),
 }
 
 
@@ -94,6 +95,7 @@ def build_zoo_model(name: str, golden: dict[str, Any], directory: Path) -> nn.Mo
     test_cfg (and FCOS's preprocessor statistics), weights loaded by the trunk rule, in eval mode."""
     from varifocal.models.detectors.atss import atss
     from varifocal.models.detectors.fcos import fcos
+    from varifocal.models.detectors.fovea import fovea
     from varifocal.models.detectors.retinanet import retinanet
 
     cfg = golden["test_cfg"]
@@ -114,7 +116,7 @@ def build_zoo_model(name: str, golden: dict[str, Any], directory: Path) -> nn.Mo
     if name == "fcos":
         pre = golden["data_preprocessor"]
         kwargs.update(mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    model = {"retinanet": retinanet, "fcos": fcos, "atss": atss}[name](**kwargs)
+    model = {"retinanet": retinanet, "fcos": fcos, "atss": atss, "fovea": fovea}[name](**kwargs)
 
     ckpt = directory / "checkpoint.pth"
     if not any(k.startswith("backbone.") for k in read_checkpoint(ckpt)["state_dict"]):
@@ -159,6 +161,9 @@ def _raw_outputs(name: str, outs, golden: dict[str, Any]) -> list[str]:
         delta = max(_max_abs(b, r) for b, r in zip(outs.bbox_preds, golden["bbox_preds"], strict=True))
         return [f"max |logit diff|       {logit:.1e} (channels ::{step})", f"max |delta diff|       {delta:.1e}"]
     logit = max(_max_abs(c, r) for c, r in zip(outs.cls_scores, golden["cls_scores"], strict=True))
+    if name == "fovea":
+        reg = max(_max_abs(b, r) for b, r in zip(outs.bbox_preds, golden["bbox_preds"], strict=True))
+        return [f"max |logit diff|       {logit:.1e}", f"max |log-dist. diff|   {reg:.1e}"]
     ctr = max(_max_abs(c, r) for c, r in zip(outs.centernesses, golden["centernesses"], strict=True))
     if name == "fcos":
         reg = max(_max_rel(b, r) for b, r in zip(outs.bbox_preds, golden["bbox_preds"], strict=True))
@@ -170,10 +175,10 @@ def _raw_outputs(name: str, outs, golden: dict[str, Any]) -> list[str]:
 
 
 def _priors(name: str, model: nn.Module, golden: dict[str, Any]) -> str:
-    """Our anchors (FCOS: points) for the golden feature-map sizes against `golden["priors"]`."""
+    """Our anchors (FCOS, FoveaBox: points) for the golden feature-map sizes against `golden["priors"]`."""
     sizes = [tuple(int(v) for v in s) for s in golden["featmap_sizes"]]
     head = model.bbox_head
-    if name == "fcos":
+    if name in ("fcos", "fovea"):
         ours = head.points(sizes)
     else:
         ours = (head.prior_generator if name == "retinanet" else head.anchor_generator).grid_anchors(sizes)
@@ -192,7 +197,7 @@ def _assignment(name: str, model: nn.Module, golden: dict[str, Any]) -> str:
     gt_labels = [lab.long() for lab in golden["gt_labels"]]
     num_imgs = len(golden["metas"])
     head = model.bbox_head
-    if name == "fcos":
+    if name in ("fcos", "fovea"):
         t = head.get_targets(sizes, golden["gt_bboxes"], gt_labels)
     else:
         t = head.get_targets(sizes, golden["gt_bboxes"], gt_labels, golden["metas"])
@@ -200,7 +205,7 @@ def _assignment(name: str, model: nn.Module, golden: dict[str, Any]) -> str:
     floats: dict[str, float] = {}
     for i, ref in enumerate(golden["assign"]):
         ours: dict[str, Tensor] = {}
-        if name == "fcos":
+        if name in ("fcos", "fovea"):  # FoveaBox records hold no assigned_gt_inds (compared when present)
             ours = {"assigned_gt_inds": t.assigned_gt_inds[i], "target_labels": t.labels[i]}
             floats["bbox_targets"] = max(
                 floats.get("bbox_targets", 0.0), _max_abs(t.bbox_targets[i], ref["bbox_targets"])
@@ -283,7 +288,7 @@ def report_zoo(name: str, directory: Path) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["vfnet", *ZOO], help="report one golden (default: all four)")
+    parser.add_argument("--only", choices=["vfnet", *ZOO], help="report one golden (default: all five)")
     parser.add_argument("vfnet_dir", nargs="?", type=Path, default=GOLDEN / "vfnet_r50_coco80", help="VFNet golden")
     args = parser.parse_args(argv)
     names = [args.only] if args.only else ["vfnet", *ZOO]

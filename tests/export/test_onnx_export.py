@@ -132,7 +132,9 @@ def test_dcn_model_is_refused(tmp_path):
         export_onnx(model, tmp_path / "dcn.onnx", input_size=(64, 64))
 
 
-@pytest.mark.parametrize("name", ["retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn", "vfnet_lite0_fpn"])
+@pytest.mark.parametrize(
+    "name", ["retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn", "fovea_lite0_fpn", "vfnet_lite0_fpn"]
+)
 def test_other_detectors_parity(name, tmp_path):
     """Random-head detectors at 128×96. The head convs are re-drawn wider so that scores spread,
     but random heads still give scores within ~1e-7 of each other near the top-100 cut, whose

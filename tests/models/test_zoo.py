@@ -162,8 +162,10 @@ def test_list_and_unknown_model():
         "fcos_r50_caffe_fpn_gn_head_tricks",
         "atss_r50_fpn",
         "atss_r101_fpn",
+        "fovea_r50_fpn",
+        "fovea_r101_fpn",
     }
-    lite = {"vfnet_lite0_fpn", "retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn"}
+    lite = {"vfnet_lite0_fpn", "retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn", "fovea_lite0_fpn"}
     refinedet = {f"refinedet{size}_{trunk}" for size in (320, 512) for trunk in ("vgg16", "r101", "lite0")}
     assert set(ZOO) | zoo | lite | refinedet == set(names) and names == sorted(names)
     with pytest.raises(ValueError, match="did you mean vfnet_r50_fpn"):

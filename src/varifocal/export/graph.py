@@ -3,7 +3,8 @@
 :class:`DetectionGraph` takes the normalised, padded batch ``[N, 3, H, W]`` and returns fixed-size,
 padded detections in that batch's pixels (no rescale to the original image):
 
-* ``boxes [N, K, 4]`` xyxy float32, clipped to ``[0, W] × [0, H]`` of the batch,
+* ``boxes [N, K, 4]`` xyxy float32, clipped to ``[0, W] × [0, H]`` of the batch (FoveaBox:
+  ``[0, W − 1] × [0, H − 1]``, as its eager decode, zoo_spec §5.5),
 * ``scores [N, K]`` float32, by descending score,
 * ``labels [N, K]`` int64 (``-1`` in the padding),
 * ``num_detections [N]`` int64: rows ``0 … num_detections − 1`` are detections, the rest zeros,
@@ -14,7 +15,8 @@ with ``K = test_cfg.max_per_img``. The post-processing is the MMDetection 3.x pr
 1. per level, the top ``nms_pre`` (location, class) pairs by class probability (the scores are
    padded with ``nms_pre`` entries of −1, so ``k`` is a constant also for a dynamic input size);
    a pair is a candidate when its probability is ``> score_thr`` (eager: threshold, then top-k);
-2. decode with the head's own box coder / ``distance2bbox`` at in-graph priors, clip;
+2. decode with the head's own box coder / ``distance2bbox`` at in-graph priors (FoveaBox: the
+   distances ``B_l · exp(t)`` of its log-space outputs), clip;
 3. score = probability × score factor (FCOS/ATSS centerness); size filter on w, h;
 4. class-aware NMS with ONNX ``NonMaxSuppression`` (per class, IoU > ``nms_iou`` suppresses, at
    most ``max_per_img`` kept per class), then the top ``max_per_img`` over all classes.
@@ -42,6 +44,7 @@ from torchvision.ops import nms
 
 from ..models.heads.atss_head import ATSSHead
 from ..models.heads.fcos_head import FCOSHead
+from ..models.heads.fovea_head import FoveaHead
 from ..models.heads.retina_head import RetinaHead
 from ..models.heads.vfnet_head import VFNetHead
 from ..models.postprocess import TestConfig
@@ -49,8 +52,8 @@ from ..structures.boxes import distance2bbox
 
 __all__ = ["SUPPORTED_HEADS", "DetectionGraph", "MultiClassNMS", "to_image_detections"]
 
-#: heads the graph supports (all four detectors of the zoo)
-SUPPORTED_HEADS = (VFNetHead, RetinaHead, FCOSHead, ATSSHead)
+#: heads the graph supports (all five dense detectors of the zoo)
+SUPPORTED_HEADS = (VFNetHead, RetinaHead, FCOSHead, ATSSHead, FoveaHead)
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 
@@ -99,7 +102,7 @@ class DetectionGraph(nn.Module):
 
     Args:
         detector: a :class:`~varifocal.models.detectors.single_stage.SingleStageDetector` with a
-            VFNet, RetinaNet, FCOS or ATSS head, in eval mode (its star convs already replaced
+            VFNet, RetinaNet, FCOS, ATSS or FoveaBox head, in eval mode (its star convs already replaced
             for export, see :mod:`.star_conv`).
         cfg: the head's test settings (``'mmdet3'`` procedure).
 
@@ -111,7 +114,9 @@ class DetectionGraph(nn.Module):
         super().__init__()
         head = detector.bbox_head
         if not isinstance(head, SUPPORTED_HEADS):
-            raise ValueError(f"cannot export a {type(head).__name__}; supported: VFNet, RetinaNet, FCOS, ATSS heads")
+            raise ValueError(
+                f"cannot export a {type(head).__name__}; supported: VFNet, RetinaNet, FCOS, ATSS, FoveaBox heads"
+            )
         if cfg.postprocess != "mmdet3":
             raise ValueError("only test_cfg.postprocess='mmdet3' can be exported (the 'mmdet2' order is not written)")
         self.detector = detector
@@ -129,7 +134,7 @@ class DetectionGraph(nn.Module):
             return x.float().permute(0, 2, 3, 1).reshape(x.shape[0], -1, ch)
 
         levels = []
-        if isinstance(head, (VFNetHead, FCOSHead)):
+        if isinstance(head, (VFNetHead, FCOSHead, FoveaHead)):
             preds = outs.bbox_preds_refine if isinstance(head, VFNetHead) else outs.bbox_preds
             offset = 0.0 if isinstance(head, VFNetHead) else 0.5
             for lvl, cls in enumerate(outs.cls_scores):
@@ -137,7 +142,10 @@ class DetectionGraph(nn.Module):
                 factor = None
                 if isinstance(head, FCOSHead):
                     factor = flat(outs.centernesses[lvl], 1).squeeze(-1).sigmoid()
-                levels.append((flat(cls, c).sigmoid(), flat(preds[lvl], 4), factor, torch.stack([xs, ys], -1)))
+                dist = flat(preds[lvl], 4)
+                if isinstance(head, FoveaHead):  # log-space → pixels, as FoveaHead.decode_boxes
+                    dist = head.base_edge_list[lvl] * dist.exp()
+                levels.append((flat(cls, c).sigmoid(), dist, factor, torch.stack([xs, ys], -1)))
             return levels
         generator = head.prior_generator if isinstance(head, RetinaHead) else head.anchor_generator
         for lvl, cls in enumerate(outs.cls_scores):
@@ -151,7 +159,7 @@ class DetectionGraph(nn.Module):
 
     def _decode(self, priors: Tensor, preds: Tensor) -> Tensor:
         head = self.detector.bbox_head
-        if isinstance(head, (VFNetHead, FCOSHead)):
+        if isinstance(head, (VFNetHead, FCOSHead, FoveaHead)):
             return distance2bbox(priors, preds)
         return head.bbox_coder.decode(priors, preds)
 
@@ -162,6 +170,8 @@ class DetectionGraph(nn.Module):
         n = batch.shape[0]
         shape = torch._shape_as_tensor(batch).to(torch.float32)
         bound = torch.stack([shape[3], shape[2], shape[3], shape[2]])  # (W, H, W, H)
+        if isinstance(self.detector.bbox_head, FoveaHead):
+            bound = bound - 1.0  # FoveaBox clips to W − 1, H − 1 (zoo_spec §5.5)
         all_boxes, all_scores, all_labels = [], [], []
         for probs, preds, factor, priors in self._levels(outs):
             flat = probs.reshape(n, -1)  # [N, P·C], pair p·C + c

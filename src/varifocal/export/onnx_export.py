@@ -142,7 +142,7 @@ def export_onnx(
     """Write ``model`` (a zoo single-stage detector) as an ONNX detection graph (issue 14).
 
     Args:
-        model: VFNet, RetinaNet, FCOS or ATSS (``SingleStageDetector``); not modified (a copy is
+        model: VFNet, RetinaNet, FCOS, ATSS or FoveaBox (``SingleStageDetector``); not modified (a copy is
             exported). Its ``bbox_head.test_cfg`` sets the post-processing.
         path: output ``.onnx`` file, written atomically.
         input_size: ``(width, height)`` of the traced batch, pixels; both multiples of the

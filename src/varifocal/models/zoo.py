@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .detectors import atss as _atss
 from .detectors import fcos as _fcos
+from .detectors import fovea as _fovea
 from .detectors import refinedet as _refinedet
 from .detectors import retinanet as _retinanet
 from .detectors import vfnet as _vfnet
@@ -52,6 +53,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fcos_lite0_fpn": _fcos.fcos_lite0_fpn,
     **_family(_atss.atss, _atss.VARIANTS),
     "atss_lite0_fpn": _atss.atss_lite0_fpn,
+    **_family(_fovea.fovea, _fovea.VARIANTS),
+    "fovea_lite0_fpn": _fovea.fovea_lite0_fpn,
     **_family(_refinedet.refinedet, _refinedet.VARIANTS),
 }
 
@@ -104,10 +107,12 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
 
     Recognised heads: ``vfnet_cls`` (VFNet), ``retina_cls`` (RetinaNet; A = 9 anchors),
     ``atss_cls`` (ATSS), ``conv_centerness``/``fcos_centerness`` (FCOS; the "tricks" variant has
-    tower conv biases). FCOS checkpoints with a plain ResNet trunk are taken as the caffe-style
-    zoo model (the style cannot be read from the keys, zoo_spec §1.2). ``odm_conf`` is RefineDet
-    (trunk from ``fc7`` / ``_conv_stem`` keys; always the 320 variant: the size is not in the
-    weights, varifocal checkpoints carry it in their builder arguments).
+    tower conv biases), ``conv_cls``/``fovea_cls`` without a centerness branch (FoveaBox; the
+    legacy ``fovea_*`` names of pre-2020 zoo files, zoo_spec §1.18). FCOS checkpoints with a
+    plain ResNet trunk are taken as the caffe-style zoo model (the style cannot be read from
+    the keys, zoo_spec §1.2). ``odm_conf`` is RefineDet (trunk from ``fc7`` / ``_conv_stem``
+    keys; always the 320 variant: the size is not in the weights, varifocal checkpoints carry
+    it in their builder arguments).
 
     Returns:
         ``(name, {'num_classes': K})``, e.g. ``('retinanet_r50_fpn', {'num_classes': 80})``.
@@ -138,6 +143,11 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
             "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fcos_cls.weight"
         )
         family, num_classes = "fcos", shape0(cls_key)
+    elif "bbox_head.conv_cls.weight" in state_dict or "bbox_head.fovea_cls.weight" in state_dict:
+        cls_key = (
+            "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fovea_cls.weight"
+        )
+        family, num_classes = "fovea", shape0(cls_key)
     else:
         heads = sorted({k.split(".")[1] for k in state_dict if k.startswith("bbox_head.")})[:6]
         raise ValueError(f"not a checkpoint of a detector this package builds (bbox_head modules: {heads or 'none'})")

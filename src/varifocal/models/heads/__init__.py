@@ -2,6 +2,7 @@
 
 from .atss_head import ATSSHead, ATSSOutputs
 from .fcos_head import FCOSHead, FCOSOutputs
+from .fovea_head import FoveaHead, FoveaOutputs
 from .retina_head import RetinaHead, RetinaOutputs
 from .vfnet_head import VFNetHead, VFNetOutputs
 
@@ -10,6 +11,8 @@ __all__ = [
     "ATSSOutputs",
     "FCOSHead",
     "FCOSOutputs",
+    "FoveaHead",
+    "FoveaOutputs",
     "RetinaHead",
     "RetinaOutputs",
     "VFNetHead",
