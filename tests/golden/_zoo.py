@@ -73,6 +73,17 @@ def load_weights(model: nn.Module, directory: Path) -> None:
         varifocal.load_checkpoint(model, ckpt)
 
 
+def featmap_sizes(golden: dict) -> list[tuple[int, int]]:
+    """The golden's ``(H_l, W_l)`` per level, as ints."""
+    return [tuple(int(v) for v in size) for size in golden["featmap_sizes"]]
+
+
+def head_outputs(model: nn.Module, golden: dict) -> Any:
+    """The raw head outputs of the golden's float inputs, without autograd."""
+    with torch.no_grad():
+        return model.bbox_head(model.extract_feat(golden["inputs"].float()))
+
+
 def train_step(model: nn.Module, golden: dict[str, Any], loss_fn: Callable[..., dict] | None = None):
     """Losses and gradients of one training forward/backward on the golden batch."""
     model.train()

@@ -40,17 +40,12 @@ def model(golden):
 
 @pytest.fixture(scope="module")
 def eval_outputs(model, golden):
-    with torch.no_grad():
-        return model.bbox_head(model.extract_feat(golden["inputs"].float()))
+    return _zoo.head_outputs(model, golden)
 
 
 @pytest.fixture(scope="module")
 def train_run(model, golden):
     return _zoo.train_step(model, golden)
-
-
-def _featmap_sizes(golden):
-    return [tuple(int(v) for v in s) for s in golden["featmap_sizes"]]
 
 
 def test_raw_head_outputs(eval_outputs, golden):
@@ -64,7 +59,7 @@ def test_raw_head_outputs(eval_outputs, golden):
 
 
 def test_priors_equal_golden(model, golden):
-    anchors = model.bbox_head.anchor_generator.grid_anchors(_featmap_sizes(golden))
+    anchors = model.bbox_head.anchor_generator.grid_anchors(_zoo.featmap_sizes(golden))
     assert len(anchors) == len(golden["priors"])
     for lvl, (ours, ref) in enumerate(zip(anchors, golden["priors"])):
         assert torch.equal(ours, ref.float()), f"level {lvl}"
@@ -73,7 +68,7 @@ def test_priors_equal_golden(model, golden):
 def test_assignment_records(model, golden):
     num_imgs = len(golden["metas"])
     targets = model.bbox_head.get_targets(
-        _featmap_sizes(golden), golden["gt_bboxes"], [lab.long() for lab in golden["gt_labels"]], golden["metas"]
+        _zoo.featmap_sizes(golden), golden["gt_bboxes"], [lab.long() for lab in golden["gt_labels"]], golden["metas"]
     )
     for i, ref in enumerate(golden["assign"]):
         rec = targets.assign_records[i]

@@ -23,6 +23,7 @@ from ._zoo import (
     golden_dir,
     golden_scale,
     golden_test_cfg,
+    head_outputs,
     load_golden,
     load_weights,
     train_step,
@@ -56,9 +57,7 @@ def model(golden):
 
 @pytest.fixture(scope="module")
 def eval_outputs(model, golden):
-    model.eval()
-    with torch.no_grad():
-        return model.bbox_head(model.extract_feat(golden["inputs"].float()))
+    return head_outputs(model, golden)
 
 
 @pytest.fixture(scope="module")

@@ -46,17 +46,12 @@ def model(golden):
 
 @pytest.fixture(scope="module")
 def eval_outputs(model, golden):
-    with torch.no_grad():
-        return model.bbox_head(model.extract_feat(golden["inputs"].float()))
+    return _zoo.head_outputs(model, golden)
 
 
 @pytest.fixture(scope="module")
 def train_run(model, golden):
     return _zoo.train_step(model, golden)
-
-
-def _featmap_sizes(golden):
-    return [tuple(int(v) for v in s) for s in golden["featmap_sizes"]]
 
 
 def test_golden_test_cfg_has_no_size_filter(model, golden):
@@ -77,7 +72,7 @@ def test_raw_head_outputs(eval_outputs, golden):
 
 
 def test_priors_are_offset_half_points(model, golden):
-    points = model.bbox_head.points(_featmap_sizes(golden))
+    points = model.bbox_head.points(_zoo.featmap_sizes(golden))
     assert len(points) == len(golden["priors"])
     for lvl, (ours, ref) in enumerate(zip(points, golden["priors"])):
         assert torch.equal(ours, ref.float()), f"level {lvl}"
@@ -86,7 +81,7 @@ def test_priors_are_offset_half_points(model, golden):
 def test_assignment_records(model, golden):
     num_classes = int(golden["num_classes"])
     labels = [lab.long() for lab in golden["gt_labels"]]
-    targets = model.bbox_head.get_targets(_featmap_sizes(golden), golden["gt_bboxes"], labels)
+    targets = model.bbox_head.get_targets(_zoo.featmap_sizes(golden), golden["gt_bboxes"], labels)
     for i, ref in enumerate(golden["assign"]):
         ours = targets.labels[i]
         ref_labels = ref["target_labels"].long()

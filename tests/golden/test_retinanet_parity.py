@@ -41,8 +41,7 @@ def model(golden):
 
 @pytest.fixture(scope="module")
 def eval_outputs(model, golden):
-    with torch.no_grad():
-        return model.bbox_head(model.extract_feat(golden["inputs"].float()))
+    return _zoo.head_outputs(model, golden)
 
 
 @pytest.fixture(scope="module")
