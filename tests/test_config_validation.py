@@ -26,6 +26,7 @@ SRC = "defaults + overrides"
         ("data.flip_prob=-0.1", "data.flip_prob must be in [0, 1], got -0.1"),
         ("data.min_size=-1", "data.min_size must be >= 0, got -1"),
         ("data.num_workers=-2", "data.num_workers must be >= 0, got -2"),
+        ("data.ssd_expand_ratio=0.5", "data.ssd_expand_ratio must be >= 1, got 0.5"),
         ("train.epochs=0", "train.epochs must be >= 1, got 0"),
         ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
         ("train.lr=0", "train.lr must be > 0, got 0.0"),

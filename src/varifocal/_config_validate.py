@@ -41,7 +41,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
     - ``model``: num_classes >= 1; test_scale positive.
     - ``data``: train_scale and train_scales positive (and enough of them for the
       multiscale_mode); flip_prob in [0, 1]; min_size, num_workers, min_iters_per_epoch >= 0;
-      repeat >= 1; tiles.size positive, tiles.overlap in [0, 1), tiles.min_visibility in (0, 1].
+      repeat >= 1; ssd_expand_ratio >= 1; tiles.size positive, tiles.overlap in [0, 1), tiles.min_visibility in (0, 1].
     - ``train``: epochs, batch_size, checkpoint_interval, log_interval >= 1; lr > 0;
       momentum in [0, 1); weight_decay, bias_lr_mult, bias_decay_mult, warmup_iters,
       eval_interval >= 0; warmup_epochs >= 0 or null; warmup_ratio in (0, 1]; lr_steps
@@ -88,6 +88,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         f"data.tiles.min_visibility must be in (0, 1], got {d.tiles.min_visibility}",
     )
     at_least("data.repeat", d.repeat, 1)
+    at_least("data.ssd_expand_ratio", d.ssd_expand_ratio, 1)
     at_least("data.min_iters_per_epoch", d.min_iters_per_epoch, 0)
     t = cfg.train
     at_least("train.epochs", t.epochs, 1)

@@ -131,6 +131,8 @@ class DataConfig:
         pipeline: training augmentation: ``'default'`` (resize, flip: spec §6.1) or ``'ssd'``
             (SSD's photometric distortion, zoom-out expansion, min-IoU random crop, warp resize
             to ``train_scale`` as ``(width, height)``, flip: ``refinedet_spec.md`` §11).
+        ssd_expand_ratio: the ``'ssd'`` pipeline's largest zoom-out ratio (SSD's 4; a smaller
+            one keeps small objects, e.g. BCCD's platelets, nearer their test size).
         keep_ratio: ``True``: keep-ratio resizes to ``(long, short)`` scales (MMDetection);
             ``False``: warp (stretch) to ``(width, height)``, as SSD and RefineDet test
             (``refinedet_spec.md`` §1), for the validation images too.
@@ -157,6 +159,7 @@ class DataConfig:
     repeat: int = 1
     min_iters_per_epoch: int = 0
     pipeline: Literal["default", "ssd"] = "default"
+    ssd_expand_ratio: float = 4.0
     keep_ratio: bool = True
 
     def path(self, relative: str) -> str:

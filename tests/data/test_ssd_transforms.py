@@ -357,6 +357,8 @@ def test_pipeline_order_output_and_reproducibility():
     names = [type(t).__name__ for t in tf.transforms]
     assert names == ["PhotometricDistort", "Expand", "MinIoURandomCrop", "WarpResize", "RandomHorizontalFlip"]
     assert tf.transforms[1].fill == SSD_MEAN_RGB and tf.transforms[3].size == (320, 320)
+    assert tf.transforms[1].max_ratio == 4.0
+    assert build_ssd_train_transforms(expand_ratio=2).transforms[1].max_ratio == 2.0
     assert [type(t).__name__ for t in build_ssd_train_transforms((64, 32), flip_prob=0.0).transforms][
         -1
     ] == "WarpResize"

@@ -556,9 +556,10 @@ def build_ssd_train_transforms(
     size: Sequence[int] = (320, 320),
     fill: Sequence[float] = SSD_MEAN_RGB,
     flip_prob: float = 0.5,
+    expand_ratio: float = 4.0,
 ) -> Compose:
     """SSD / RefineDet training pipeline (``refinedet_spec.md`` §11, §17 item 18):
-    :class:`PhotometricDistort` → :class:`Expand` (``fill``, ratio up to 4, p 0.5) →
+    :class:`PhotometricDistort` → :class:`Expand` (``fill``, ratio up to ``expand_ratio``, p 0.5) →
     :class:`MinIoURandomCrop` → :class:`WarpResize` to ``size`` → ``RandomHorizontalFlip``
     (``flip_prob``; left out when 0). Mean subtraction is the model ``Preprocessor``'s job.
 
@@ -566,13 +567,14 @@ def build_ssd_train_transforms(
         size: ``(width, height)`` of the network input, pixels.
         fill: RGB expansion canvas colour (default SSD's mean in RGB order).
         flip_prob: horizontal flip probability.
+        expand_ratio: largest zoom-out ratio (SSD: 4).
 
     Raises:
-        ValueError: a bad size, fill or probability.
+        ValueError: a bad size, fill, probability or ``expand_ratio < 1``.
     """
     transforms: list[Callable[..., Triple]] = [
         PhotometricDistort(),
-        Expand(fill=fill),
+        Expand(fill=fill, max_ratio=expand_ratio),
         MinIoURandomCrop(),
         WarpResize(size),
     ]

@@ -26,14 +26,17 @@ def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[A
     Training transforms: ``data.pipeline == 'default'``: resize (keep-ratio, or a warp to
     ``train_scale`` as ``(width, height)`` with ``data.keep_ratio: false``) and flip;
     ``'ssd'``: :func:`~varifocal.data.ssd_transforms.build_ssd_train_transforms` to
-    ``train_scale`` read as ``(width, height)`` (``refinedet_spec.md`` §11; ``multiscale_mode``
+    ``train_scale`` read as ``(width, height)``, zoom-out up to ``ssd_expand_ratio``
+    (``refinedet_spec.md`` §11; ``multiscale_mode``
     and ``train_scales`` are not used). Validation: a resize to ``model.test_scale``,
     keep-ratio or warped after ``data.keep_ratio``.
     """
     d = cfg.data
     train_ds = val_ds = None
     if d.pipeline == "ssd":
-        train_tf = build_ssd_train_transforms(tuple(d.train_scale), flip_prob=d.flip_prob)
+        train_tf = build_ssd_train_transforms(
+            tuple(d.train_scale), flip_prob=d.flip_prob, expand_ratio=d.ssd_expand_ratio
+        )
     else:
         train_tf = build_train_transforms(
             tuple(d.train_scale), d.multiscale_mode, d.train_scales or None, d.flip_prob, keep_ratio=d.keep_ratio
