@@ -17,6 +17,7 @@ from varifocal.cli import bench_runtimes
 from varifocal.cli.bench_runtimes import make_input, memory_child, missing_runtime
 from varifocal.cli.main import main
 from varifocal.models.layers.dcn import ModulatedDeformConv2d
+from varifocal.models.layers.deform_conv import DeformConv2d
 from varifocal.models.layers.star_deform_conv import StarDeformConv2d
 from varifocal.utils.timing import Case, count_flops, model_flops, peak_rss_mib, run_rounds
 
@@ -51,8 +52,20 @@ def test_dcn_counts_its_offset_conv_and_its_dense_equivalent():
     x = torch.randn(1, 4, 5, 6)
     offset_conv = 2 * 4 * 9 * 27 * 5 * 6  # conv_offset: 3·3·3 = 27 output channels, counted by FlopCounterMode
     dense = 2 * 4 * 9 * 6 * 5 * 6  # deform_conv2d (invisible to the counter) as a 3×3 conv 4 → 6
-    assert count_flops(lambda: dcn(x)) == offset_conv
+    torchvision_dcn = ModulatedDeformConv2d(4, 6, 3, padding=1, impl="torchvision").eval()
+    assert count_flops(lambda: torchvision_dcn(x)) == offset_conv  # the op is invisible to the counter
     assert model_flops(dcn, lambda: dcn(x)) == offset_conv + dense == 71_280
+    assert "forward" not in vars(dcn)
+    # stride 2 (the fast kernel's sparse sampling would be counted as a dense matmul)
+    dcn2 = ModulatedDeformConv2d(4, 6, 3, stride=2, padding=1).eval()
+    assert model_flops(dcn2, lambda: dcn2(x)) == (2 * 4 * 9 * 27 + 2 * 4 * 9 * 6) * 3 * 3
+
+
+def test_generic_deform_conv_counts_as_its_dense_equivalent():
+    conv = DeformConv2d(4, 6, 3, padding=1)
+    x, offset = torch.randn(1, 4, 5, 6), torch.randn(1, 18, 5, 6)
+    assert model_flops(conv, lambda: conv(x, offset)) == 2 * 4 * 9 * 6 * 5 * 6
+    assert "forward" not in vars(conv)
 
 
 # ------------------------------------------------------------------------------ timing, memory

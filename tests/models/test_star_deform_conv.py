@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
 import varifocal.models.layers._cpu_threads as cpu_threads
-import varifocal.models.layers._star_kernels as kernels
+import varifocal.models.layers._tap_kernels as kernels
 import varifocal.models.layers.star_deform_conv as sdc
 from varifocal.models.layers.star_deform_conv import (
     StarDeformConv2d,

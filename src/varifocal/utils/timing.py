@@ -5,7 +5,7 @@
   of machine load hits all cases alike; untimed warm-up rounds first, then the timed ones (medians).
 * :func:`count_flops` / :func:`model_flops`: ``torch.utils.flop_counter.FlopCounterMode`` (convs and
   matmuls, 2 FLOPs per multiply-add; elementwise ops, norms and NMS are not counted). The counter
-  cannot see inside ``deform_conv2d`` and would count the fast star conv's sparse ``addmm`` as a
+  cannot see inside ``deform_conv2d`` and would count the fast kernels' sparse ``addmm`` as a
   dense one, so :func:`model_flops` replaces every deformable conv by its dense equivalent,
   2·(C_in/groups)·C_out·k_h·k_w·H_out·W_out·N, added analytically (benchmarks/bench_detectors.py item 6).
 * :func:`matmul_case`: FLOP/s of an n×n @ n×n ``torch.mm`` (2·n³ FLOPs), the "matmul limit"
@@ -119,26 +119,34 @@ def _dense_conv_flops(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int
     return 2 * c_in_per_group * c_out * kh * kw * h_out * w_out * n
 
 
+def _conv_out_shape(mod: nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = mod.kernel_size, mod.stride, mod.padding, mod.dilation
+    h_out = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return x.shape[0], mod.out_channels, h_out, w_out
+
+
 @contextmanager
 def deform_conv_flops(model: nn.Module, counted: list[int]) -> Iterator[None]:
     """Within this block the deformable convs of ``model`` append their dense-equivalent FLOPs to
-    ``counted`` and stay invisible to ``FlopCounterMode``:
+    ``counted`` and stay invisible to ``FlopCounterMode``: each is replaced by a shape-preserving
+    stub without counted ops (the fast CPU kernels' sparse ``addmm`` would be counted as a dense
+    one):
 
-    * ``StarDeformConv2d`` (VFNet's star conv, spec §2.3) is replaced by a shape-preserving stub
-      ``x·1 + 0·Σdistances`` (no counted op; the fast path's sparse ``addmm`` would be counted as a
-      dense one);
-    * ``ModulatedDeformConv2d`` (DCNv2) runs as it is (``deform_conv2d`` counts 0; its offset conv
-      is a plain conv and is counted) and a forward hook adds the dense-equivalent FLOPs.
+    * ``StarDeformConv2d`` (VFNet's star conv, spec §2.3): ``x·1 + 0·Σdistances``;
+    * ``ModulatedDeformConv2d`` (DCNv2): its offset conv runs (a plain conv, counted), then zeros
+      of the output shape;
+    * ``DeformConv2d`` (RepPoints): zeros of the output shape.
 
     The stubbed model's outputs are wrong (only their shapes are right): use it for counting only.
     """
     from ..models.layers.dcn import ModulatedDeformConv2d
+    from ..models.layers.deform_conv import DeformConv2d
     from ..models.layers.star_deform_conv import StarDeformConv2d
 
     stubbed: list[nn.Module] = []
-    hooks = []
 
-    def stub_for(mod: StarDeformConv2d) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def star_stub(mod: StarDeformConv2d) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         def forward(x: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
             if x.shape[1] != mod.out_channels:
                 raise RuntimeError("the FLOP-counting stub of StarDeformConv2d needs C_in == C_out")
@@ -147,19 +155,28 @@ def deform_conv_flops(model: nn.Module, counted: list[int]) -> Iterator[None]:
 
         return forward
 
+    def dcn_stub(mod: nn.Module) -> Callable[..., torch.Tensor]:
+        def forward(x: torch.Tensor, *offsets: torch.Tensor) -> torch.Tensor:
+            if isinstance(mod, ModulatedDeformConv2d):
+                offsets = mod.offset_and_mask(x)
+            out = x.new_zeros(_conv_out_shape(mod, x)) + sum(t.sum() for t in offsets if t is not None) * 0.0
+            counted.append(_dense_conv_flops(mod, x, out))
+            return out
+
+        return forward
+
     for mod in model.modules():
         if isinstance(mod, StarDeformConv2d):
-            mod.forward = stub_for(mod)  # an instance attribute shadows the class's method
+            mod.forward = star_stub(mod)  # an instance attribute shadows the class's method
             stubbed.append(mod)
-        elif isinstance(mod, ModulatedDeformConv2d):
-            hooks.append(mod.register_forward_hook(lambda m, a, out: counted.append(_dense_conv_flops(m, a[0], out))))
+        elif isinstance(mod, (ModulatedDeformConv2d, DeformConv2d)):
+            mod.forward = dcn_stub(mod)
+            stubbed.append(mod)
     try:
         yield
     finally:
         for mod in stubbed:
             del mod.forward
-        for hook in hooks:
-            hook.remove()
 
 
 def model_flops(model: nn.Module, fn: Callable[[], Any]) -> int:

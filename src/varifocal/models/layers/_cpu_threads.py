@@ -1,7 +1,8 @@
-"""CPU thread policy and per-thread scratch buffers of the fast star deformable conv.
+"""CPU thread policy and per-thread scratch buffers of the fast deformable convs.
 
-Split out of :mod:`varifocal.models.layers.star_deform_conv` (the public API, which re-exports
-:func:`release_workspace`); :mod:`._star_geometry` and :mod:`._star_kernels` use what is here.
+Shared by the star conv (:mod:`varifocal.models.layers.star_deform_conv`, which re-exports
+:func:`release_workspace`) and the generic one (:mod:`varifocal.models.layers.deform_conv`):
+:mod:`._tap_kernels`, :mod:`._star_geometry` and :mod:`._deform_geometry` use what is here.
 
 * Threads: the dense GEMMs use all intra-op threads (tiny P7-sized ones use 1). The small
   index/weight ops run on the calling thread. The sparse products, the weighted gather and
@@ -161,5 +162,6 @@ def _workspace(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: to
 
 
 def release_workspace() -> None:
-    """Free the scratch buffers that :func:`star_deform_conv2d` keeps for the calling thread."""
+    """Free the scratch buffers that the fast deformable convs (star and generic) keep for the
+    calling thread."""
     _tls.buffers = {}

@@ -1,14 +1,13 @@
 """Geometry of the fast star deformable conv: the 25 neighbour reads of every location.
 
 Split out of :mod:`varifocal.models.layers.star_deform_conv` (spec §2.3); used by
-:mod:`._star_kernels`. Per location the star needs only 25 neighbour reads: 4 corner taps × 4
+:mod:`._tap_kernels`. Per location the star needs only 25 neighbour reads: 4 corner taps × 4
 neighbours, 4 edge taps × 2 neighbours (they move along one axis only), and 1 read for the
 centre tap. They are all pairs of 5 row sources (floor and floor+1 of the top and bottom rows,
 the own row) and 5 column sources, so their indices and bilinear weights come from two small
 per-location tables (:func:`_source_table`, :class:`_Geometry`). Here are also the constant
-selection tables of the 25 reads, the analytic distance gradient, and the CSR patterns of the
-sparse sampling matrix ``S`` [9·HW, HW] (:func:`_chunk_pattern`) and of its transpose
-(:func:`_transposed_chunks`).
+selection tables of the 25 reads and the analytic distance gradient. :class:`_Geometry` is a
+geometry of the shared kernel of :mod:`._tap_kernels`.
 """
 
 from __future__ import annotations
@@ -21,29 +20,6 @@ from ._cpu_threads import _workspace
 # Non-zeros (neighbour reads) of each tap k = 0..8: corners 4, edge taps 2, centre 1.
 _TAP_NNZ = (4, 2, 4, 2, 1, 2, 4, 2, 4)
 _NNZ = sum(_TAP_NNZ)  # 25 per location
-
-
-_pattern_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
-def _chunk_pattern(chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Row pointers and local row of each non-zero, for a chunk of ``chunk`` locations.
-
-    Returns ``(crow [9·chunk + 1] int32, rows [25·chunk] int32)``. The rows of ``S`` are
-    (location, tap) pairs, location-major. A prefix of the pattern serves a shorter chunk.
-    """
-    key = (chunk, device)
-    hit = _pattern_cache.get(key)
-    if hit is None:
-        counts = torch.tensor(_TAP_NNZ, dtype=torch.int32, device=device).repeat(chunk)
-        crow = torch.zeros(9 * chunk + 1, dtype=torch.int32, device=device)
-        crow[1:] = counts.cumsum(0)
-        rows = torch.repeat_interleave(torch.arange(9 * chunk, dtype=torch.int32, device=device), counts)
-        hit = (crow, rows)
-        if len(_pattern_cache) > 16:
-            _pattern_cache.clear()
-        _pattern_cache[key] = hit
-    return hit
 
 
 # The 25 neighbour reads of a location combine 10 "sources", each a row or a column:
@@ -167,7 +143,9 @@ def _source_table(distances: Tensor, height: int, width: int, pos_dtype: torch.d
 class _Geometry:
     """The 25 neighbour reads per location (indices, weights) and the distance gradient.
 
-    Attributes: ``vals`` [N·H·W·25] bilinear weights of the reads (location-major, grouped by
+    Attributes (the geometry protocol of :mod:`._tap_kernels`): ``n``, ``in_hw`` = ``out_hw``
+    = H·W, ``out_shape``, ``taps`` 9, ``tap_nnz`` (4, 2, 4, 2, 1, 2, 4, 2, 4), ``nnz`` 25;
+    ``vals`` [N·H·W·25] bilinear weights of the reads (location-major, grouped by
     tap); ``tap_index`` and ``cols`` (computed on first use) [N·H·W·25] int32:
     ``(image·H·W + q)·9 + k`` and ``q`` for the read of neighbour q (flat within its image) by
     tap k. With ``scratch=True`` all of them live in reused per-thread buffers and are valid
@@ -188,6 +166,12 @@ class _Geometry:
         dev = off.device
         p = off.shape[1]
         self.shape = (distances.shape[0], height, width)
+        # The geometry protocol of ._tap_kernels: stride 1, output grid = input grid.
+        self.n = distances.shape[0]
+        self.in_hw = self.out_hw = height * width
+        self.out_shape = (height, width)
+        self.taps, self.tap_nnz, self.nnz = 9, _TAP_NNZ, _NNZ
+        self.dist_dtype = distances.dtype
         self.sel_row = _SEL_ROW.to(dev, pos_dtype)
         self.sel_col = _SEL_COL.to(dev, pos_dtype)
         wts_t = wts.t()
@@ -222,6 +206,10 @@ class _Geometry:
         """Free ``tap_index`` (the forward's; backward reads ``cols``)."""
         self._tap_index = None
 
+    def input_grad(self, dots: Tensor) -> tuple[Tensor]:
+        """``(∂L/∂distances,)`` from ``dots`` (the kernel's geometry protocol)."""
+        return (self.distance_grad(dots).to(self.dist_dtype),)
+
     def distance_grad(self, dots: Tensor) -> Tensor:
         """∂L/∂(l,t,r,b) [N,4,H,W] from ``dots`` [N·H·W, 25] = <grad_cols[(p,k)], x[read]>."""
         dt = self._wts.dtype
@@ -241,49 +229,3 @@ class _Geometry:
         g.addmm_(d_col * dots, _TO_LTRB_COL.to(dev, dt))  # [N·H·W, 4]
         n, h, w = self.shape
         return g.view(n, h, w, 4).permute(0, 3, 1, 2)
-
-
-_transpose_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
-def _transpose_pattern(hw: int, chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """For the non-zeros of one image: ``chunk index · HW`` and the local row, [HW·25] int32.
-
-    The chunk index times HW is the sort key of a non-zero, minus its column; the local row is
-    its row within the chunk's S (location·9 + tap). Cached per (HW, chunk) (a few MB).
-    """
-    key = (hw, chunk, device)
-    hit = _transpose_cache.get(key)
-    if hit is None:
-        loc = torch.arange(hw, device=device, dtype=torch.int64)
-        base_key = ((loc // chunk) * hw).repeat_interleave(_NNZ)
-        _, rows_pat = _chunk_pattern(chunk, device)
-        within = torch.arange(hw * _NNZ, device=device) % (chunk * _NNZ)
-        hit = (base_key.to(torch.int32 if hw * hw < 2**31 else torch.int64), rows_pat[within])
-        if len(_transpose_cache) >= 8:
-            _transpose_cache.clear()
-        _transpose_cache[key] = hit
-    return hit
-
-
-def _transposed_chunks(geo: _Geometry, vals: Tensor, n: int, hw: int, chunk: int):
-    """Sᵀ of every chunk at once: the non-zeros sorted by (chunk, column).
-
-    Returns ``(crow [n·nch, HW+1] int32, rows [N·HW·25] int32, vals [N·HW·25])``. Chunk ``g``
-    (image ``g // nch``) is the CSR matrix [HW, 9·len] made of ``crow[g]`` and of the entries
-    ``rows/vals[25·start : 25·end]``, where start and end are the chunk's global locations.
-    """
-    dev = vals.device
-    nch = -(-hw // chunk)
-    base_key, local_row = _transpose_pattern(hw, chunk, dev)
-    key_dtype = torch.int32 if n * nch * hw < 2**31 else torch.int64
-    key = base_key.to(key_dtype) + geo.cols.view(n, hw * _NNZ)
-    if n > 1:  # chunks of image i are numbered i·nch … i·nch + nch − 1
-        key += torch.arange(n, device=dev, dtype=key_dtype).view(n, 1) * (nch * hw)
-    key = key.view(-1)
-    perm = torch.argsort(key, stable=True)
-    counts = torch.bincount(key, minlength=n * nch * hw).view(n * nch, hw)
-    t_crow = torch.zeros(n * nch, hw + 1, dtype=torch.int32, device=dev)
-    torch.cumsum(counts, 1, out=t_crow[:, 1:])
-    t_rows = local_row[perm % (hw * _NNZ) if n > 1 else perm]
-    return t_crow, t_rows, vals[perm]

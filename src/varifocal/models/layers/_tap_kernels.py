@@ -1,46 +1,56 @@
-"""Forward and backward of the fast CPU star deformable conv (``impl='fast'``, spec §2.3).
+"""Forward and backward of the fast CPU deformable convs: the star conv and the generic DCN.
 
-Split out of :mod:`varifocal.models.layers.star_deform_conv`, whose
-:func:`~varifocal.models.layers.star_deform_conv.star_deform_conv2d` calls :func:`_apply_fast`.
-The reads, their weights and the sparse patterns come from :mod:`._star_geometry`, the thread
-counts and scratch buffers from :mod:`._cpu_threads`.
+Both layers are ``out[p] = Σ_k W_k · sample_k(x, p)`` where every sample is a weighted sum of a
+few reads of ``x``; they differ only in where the reads come from (the *geometry*):
+:class:`~._star_geometry._Geometry` (the star: 25 reads per location, spec §2.3) and
+:class:`~._deform_geometry._DeformGeometry` (any offsets: 4 reads per tap, times a DCNv2 mask).
+This module holds the one kernel they share; :mod:`._cpu_threads` holds the thread policy and
+the scratch buffers.
+
+A geometry gives, for ``N`` images of ``in_hw`` input and ``out_hw`` output locations each and
+``taps`` kernel taps with ``tap_nnz[k]`` reads by tap k (``nnz`` per location in all):
+``vals`` [N·out_hw·nnz] read weights (location-major, grouped by tap), ``cols`` [same] int32
+the flat input location read (within its image), ``tap_index`` [same] int32
+``(image·in_hw + q)·taps + k``, ``out_shape`` (H_out, W_out), and ``input_grad(dots)``, the
+gradients of its own inputs from ``dots`` [N·out_hw, nnz] = ∂L/∂(read weight).
 
 * Forward (float32/float64): sampling is linear and commutes with the channel mixing, so
-  ``out = Σ_k S_k (x W_k)``. One GEMM ``taps = x_hwc @ [W_0 … W_8]`` [HW, 9·O] (the FLOPs of
+  ``out = Σ_k S_k (x W_k)``. One GEMM ``taps = x_hwc @ [W_0 … W_K-1]`` [HW, K·O] (the FLOPs of
   the plain conv; x is read in its own layout, no transpose), then every output row sums its
-  25 reads of ``taps`` with their weights (``F.embedding_bag`` with per-sample weights). Only
-  the [HW, O] output is written, not a 9·C-wide column matrix. ``taps`` lives in a reused
+  reads of ``taps`` with their weights (``F.embedding_bag`` with per-sample weights). Only
+  the [HW, O] output is written, not a K·C-wide column matrix. ``taps`` lives in a reused
   scratch buffer (see :func:`~._cpu_threads.release_workspace`): a fresh 150 MB tensor would
-  cost its page faults, about half a convolution on a VM. Without autograd, the geometry uses
-  scratch buffers too.
-* Forward (float16/bfloat16): the reads form a sparse matrix ``S`` [9·HW, HW] with 25
-  non-zeros per location; ``cols = S @ x_hwc`` [HW, 9·C] (an MKL CSR product through
-  ``torch.addmm``) runs in float32, then ``cols @ W`` [9·C, O] in 16 bits, in chunks of ≤ 8k
-  locations with reused buffers.
+  cost its page faults, about half a convolution on a VM.
+* Forward (float16/bfloat16): the reads form a sparse matrix ``S`` [K·L, HW] (L output
+  locations); ``cols = S @ x_hwc`` [L, K·C] (an MKL CSR product through ``torch.addmm``) runs
+  in float32, then ``cols @ W`` [K·C, O] in 16 bits, in chunks with reused buffers.
 * Backward: ``grad_cols = grad_out @ Wᵀ`` (GEMM), ``grad_x = Sᵀ @ grad_cols`` (sparse, with
   Sᵀ built by one sort of the non-zeros), and ``grad_W = grad_outᵀ @ cols`` (GEMM, with the
-  columns recomputed per chunk). The distance gradient applies the analytic derivative of the
-  bilinear weights (torchvision's one-sided one) to ``<grad_cols, x[neighbour]>``, computed
-  with ``torch.sparse.sampled_addmm``.
+  columns recomputed per chunk). ``dots`` = ``<grad_cols[row], x[read]>`` per non-zero comes
+  from ``torch.sparse.sampled_addmm``; the geometry turns it into its inputs' gradients.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._cpu_threads import _Threads, _workspace
-from ._star_geometry import _NNZ, _chunk_pattern, _Geometry, _transposed_chunks
 
-# Most elements of a per-chunk [L, 9·C] column buffer (backward and the 16-bit forward):
-# L ≤ 8192 locations at C = 256 (75 MB in float32), so P3 of an 800×1216 image runs as 2
-# chunks. Few, big GEMMs hold up much better than many small ones on a CPU shared with other
-# busy processes (each GEMM call ends in barriers). On an idle CPU the chunk size hardly
+# Most elements of a per-chunk [L, K·C] column buffer (backward and the 16-bit forward):
+# L ≤ 8192 locations at C = 256 and K = 9 (75 MB in float32), so P3 of an 800×1216 image runs
+# as 2 chunks. Few, big GEMMs hold up much better than many small ones on a CPU shared with
+# other busy processes (each GEMM call ends in barriers). On an idle CPU the chunk size hardly
 # matters once the buffers are reused.
 _CHUNK_ELEMS = 9 * 8192 * 256
+
+# Most elements of the forward's tap-product buffer [H·W, K·O'] (O' ≤ O output channels per
+# pass): 9·256·16800 (P3 of a 1333×800 input, 155 MB in float32) runs in one pass.
+_TAPS_ELEMS = 9 * 256 * 16800
 
 
 _csr_warned = False
@@ -68,9 +78,84 @@ def _spmm(sparse: Tensor, dense: Tensor, out: Tensor) -> Tensor:
     return torch.addmm(out, sparse, dense, beta=0.0, out=out)
 
 
-def _sddmm(pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, cols: Tensor) -> Tensor:
+_pattern_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _chunk_pattern(chunk: int, tap_nnz: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row pointers and local row of each non-zero of ``S`` for a chunk of ``chunk`` locations.
+
+    Returns ``(crow [K·chunk + 1] int32, rows [nnz·chunk] int32)``. The rows of ``S`` are
+    (location, tap) pairs, location-major; tap k has ``tap_nnz[k]`` non-zeros. A prefix of the
+    pattern serves a shorter chunk.
+    """
+    key = (chunk, tap_nnz, device)
+    hit = _pattern_cache.get(key)
+    if hit is None:
+        k = len(tap_nnz)
+        counts = torch.tensor(tap_nnz, dtype=torch.int32, device=device).repeat(chunk)
+        crow = torch.zeros(k * chunk + 1, dtype=torch.int32, device=device)
+        crow[1:] = counts.cumsum(0)
+        rows = torch.repeat_interleave(torch.arange(k * chunk, dtype=torch.int32, device=device), counts)
+        hit = (crow, rows)
+        if len(_pattern_cache) > 16:
+            _pattern_cache.clear()
+        _pattern_cache[key] = hit
+    return hit
+
+
+_transpose_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _transpose_pattern(out_hw: int, in_hw: int, chunk: int, tap_nnz: tuple[int, ...], device: torch.device):
+    """For the non-zeros of one image: ``chunk index · in_hw`` and the local row, [out_hw·nnz].
+
+    The chunk index times ``in_hw`` is the sort key of a non-zero, minus its column; the local
+    row is its row within the chunk's S (location·K + tap). Cached (a few MB).
+    """
+    key = (out_hw, in_hw, chunk, tap_nnz, device)
+    hit = _transpose_cache.get(key)
+    if hit is None:
+        nnz = sum(tap_nnz)
+        loc = torch.arange(out_hw, device=device, dtype=torch.int64)
+        base_key = ((loc // chunk) * in_hw).repeat_interleave(nnz)
+        _, rows_pat = _chunk_pattern(chunk, tap_nnz, device)
+        within = torch.arange(out_hw * nnz, device=device) % (chunk * nnz)
+        nch = -(-out_hw // chunk)
+        hit = (base_key.to(torch.int32 if nch * in_hw < 2**31 else torch.int64), rows_pat[within])
+        if len(_transpose_cache) >= 8:
+            _transpose_cache.clear()
+        _transpose_cache[key] = hit
+    return hit
+
+
+def _transposed_chunks(geo, vals: Tensor, chunk: int):
+    """Sᵀ of every chunk at once: the non-zeros sorted by (chunk, column).
+
+    Returns ``(crow [N·nch, in_hw+1] int32, rows [N·out_hw·nnz] int32, vals [same])``. Chunk
+    ``g`` (image ``g // nch``) is the CSR matrix [in_hw, K·len] made of ``crow[g]`` and of the
+    entries ``rows/vals[nnz·start : nnz·end]``, where start and end are the chunk's global
+    output locations.
+    """
+    dev = vals.device
+    n, out_hw, in_hw, nnz = geo.n, geo.out_hw, geo.in_hw, geo.nnz
+    nch = -(-out_hw // chunk)
+    base_key, local_row = _transpose_pattern(out_hw, in_hw, chunk, geo.tap_nnz, dev)
+    key_dtype = torch.int32 if n * nch * in_hw < 2**31 else torch.int64
+    key = base_key.to(key_dtype) + geo.cols.view(n, out_hw * nnz)
+    if n > 1:  # chunks of image i are numbered i·nch … i·nch + nch − 1
+        key += torch.arange(n, device=dev, dtype=key_dtype).view(n, 1) * (nch * in_hw)
+    key = key.view(-1)
+    perm = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=n * nch * in_hw).view(n * nch, in_hw)
+    t_crow = torch.zeros(n * nch, in_hw + 1, dtype=torch.int32, device=dev)
+    torch.cumsum(counts, 1, out=t_crow[:, 1:])
+    t_rows = local_row[perm % (out_hw * nnz) if n > 1 else perm]
+    return t_crow, t_rows, vals[perm]
+
+
+def _sddmm(pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, cols: Tensor, taps: int, nnz: int):
     """Per non-zero (r, q) of ``pattern``: <grad_cols[r], x_img[q]> ([nnz] values)."""
-    if 9 * x_img.shape[0] >= _NNZ:
+    if taps * x_img.shape[0] >= nnz:
         return torch.sparse.sampled_addmm(pattern, grad_cols, x_img.t(), beta=0.0).values()
     # sampled_addmm fails when a pattern holds more non-zeros (with duplicates) than it has
     # entries, i.e. for maps of 1 or 2 locations: gather instead.
@@ -78,9 +163,9 @@ def _sddmm(pattern: Tensor, grad_cols: Tensor, x_img: Tensor, rows_pat: Tensor, 
     return (grad_cols[rows] * x_img[cols.long()]).sum(1)
 
 
-def _chunk_len(hw: int, channels: int) -> int:
-    """Locations per chunk: at most ``_CHUNK_ELEMS / (9·channels)``, balanced over the image."""
-    most = max(1, _CHUNK_ELEMS // (9 * max(channels, 1)))
+def _chunk_len(hw: int, channels: int, taps: int) -> int:
+    """Locations per chunk: at most ``_CHUNK_ELEMS / (K·channels)``, balanced over the image."""
+    most = max(1, _CHUNK_ELEMS // (taps * max(channels, 1)))
     pieces = -(-hw // most)
     return max(1, -(-hw // pieces))
 
@@ -106,30 +191,25 @@ def _to_hwc(t: Tensor, dtype: torch.dtype, threads: _Threads) -> Tensor:
     return out.view(n * h * w, c)
 
 
-# Most elements of the forward's tap-product buffer [H·W, 9·O'] (O' ≤ O output channels per
-# pass): 9·256·16800 (P3 of a 1333×800 input, 155 MB in float32) runs in one pass.
-_TAPS_ELEMS = 9 * 256 * 16800
-
-
 def _tap_weight(weight: Tensor, o0: int, oc: int) -> Tensor:
-    """Output channels ``o0 : o0 + oc`` of ``weight`` [O, C, 3, 3], tap-major: [C, 9·oc].
+    """Output channels ``o0 : o0 + oc`` of ``weight`` [O, C, kh, kw], tap-major: [C, K·oc].
 
-    Column ``k·oc + o`` holds W_k[:, o0 + o] for tap k = 3·ky + kx. The copy (2.4 MB at 256
+    Column ``k·oc + o`` holds W_k[:, o0 + o] for tap k = kw·ky + kx. The copy (2.4 MB at 256
     channels) goes into a reused buffer, valid until the next call: a fresh tensor's page faults
     would cost more than the copy.
     """
-    c = weight.shape[1]
-    w_taps = weight.permute(1, 2, 3, 0)[..., o0 : o0 + oc]  # [C, 3, 3, oc]
-    buf = _workspace("w_taps", (c, 3, 3, oc), weight.dtype, weight.device)
-    return buf.copy_(w_taps).view(c, 9 * oc)
+    c, kh, kw = weight.shape[1:]
+    w_taps = weight.permute(1, 2, 3, 0)[..., o0 : o0 + oc]  # [C, kh, kw, oc]
+    buf = _workspace("w_taps", (c, kh, kw, oc), weight.dtype, weight.device)
+    return buf.copy_(w_taps).view(c, kh * kw * oc)
 
 
-def _tap_gemm(x: Tensor, im: int, w9: Tensor, out: Tensor, threads: _Threads) -> None:
-    """``out`` [H·W, 9·oc] = x[im] as [H·W, C] (a view for NCHW and channels-last) @ ``w9``."""
+def _tap_gemm(x: Tensor, im: int, w_taps: Tensor, out: Tensor, threads: _Threads) -> None:
+    """``out`` [H·W, K·oc] = x[im] as [H·W, C] (a view for NCHW and channels-last) @ ``w_taps``."""
     c, h, w = x.shape[1:]
     x_img = x[im].reshape(c, h * w).t()
-    with threads.gemm(h * w * c * w9.shape[1]):
-        torch.mm(x_img, w9, out=out)
+    with threads.gemm(h * w * c * w_taps.shape[1]):
+        torch.mm(x_img, w_taps, out=out)
 
 
 def _tap_gather(index: Tensor, vals: Tensor, taps: Tensor, oc: int, threads: _Threads) -> Tensor:
@@ -138,194 +218,229 @@ def _tap_gather(index: Tensor, vals: Tensor, taps: Tensor, oc: int, threads: _Th
         return F.embedding_bag(index, taps.view(-1, oc), per_sample_weights=vals, mode="sum")
 
 
-def _forward_taps(x: Tensor, geo: _Geometry, weight: Tensor, threads: _Threads) -> Tensor:
-    """Forward as Σ_k S_k (x W_k): one GEMM, then a weighted gather. Returns [N·H·W, O].
+def _forward_taps(x: Tensor, geo, weight: Tensor, threads: _Threads) -> Tensor:
+    """Forward as Σ_k S_k (x W_k): one GEMM, then a weighted gather. Returns [N·L, O].
 
-    Sampling commutes with the channel mixing, so the GEMM comes first: ``taps = x_hwc @ W9``
-    [H·W, 9·O] holds x·W_k of every location and tap, and output p sums its 25 reads of that
-    buffer with their bilinear weights (``embedding_bag`` with per-sample weights). The GEMM
-    reads x in its own layout (NCHW or channels-last, no transpose) and has the FLOPs of the
-    plain conv. The gather writes only the [H·W, O] output, where sampling first would write a
-    9·C-wide column buffer. O is split into passes when the buffer would exceed ``_TAPS_ELEMS``.
+    Sampling commutes with the channel mixing, so the GEMM comes first: ``taps = x_hwc @ W_taps``
+    [H·W, K·O] holds x·W_k of every input location and tap, and output p sums its reads of that
+    buffer with their weights (``embedding_bag`` with per-sample weights). The GEMM reads x in
+    its own layout (NCHW or channels-last, no transpose) and has the FLOPs of the plain conv
+    (stride 1). The gather writes only the [L, O] output, where sampling first would write a
+    K·C-wide column buffer. O is split into passes when the buffer would exceed ``_TAPS_ELEMS``.
     """
-    n, c, h, w = x.shape
+    n = x.shape[0]
     o = weight.shape[0]
-    hw = h * w
-    index = geo.tap_index.view(n * hw, _NNZ)  # rows of the whole batch's buffer
-    vals = geo.vals.view(n * hw, _NNZ).to(x.dtype)
-    if n * hw * 9 * o <= _TAPS_ELEMS:  # the usual case: one buffer for the batch, one gather
-        taps = _workspace("taps", (n * hw, 9 * o), x.dtype, x.device)
-        w9 = _tap_weight(weight, 0, o)
+    k, hw, ll, nnz = geo.taps, geo.in_hw, geo.out_hw, geo.nnz
+    index = geo.tap_index.view(n * ll, nnz)  # rows of the whole batch's buffer
+    vals = geo.vals.view(n * ll, nnz).to(x.dtype)
+    if n * hw * k * o <= _TAPS_ELEMS:  # the usual case: one buffer for the batch, one gather
+        taps = _workspace("taps", (n * hw, k * o), x.dtype, x.device)
+        w_taps = _tap_weight(weight, 0, o)
         for im in range(n):
-            _tap_gemm(x, im, w9, taps[im * hw : (im + 1) * hw], threads)
-        return _tap_gather(index, vals, taps, o, threads)  # [N·HW, O]
+            _tap_gemm(x, im, w_taps, taps[im * hw : (im + 1) * hw], threads)
+        return _tap_gather(index, vals, taps, o, threads)  # [N·L, O]
     # Large maps: one image and at most `step` output channels per pass.
-    step = max(1, min(o, _TAPS_ELEMS // (9 * hw)))
-    out = torch.empty(n * hw, o, dtype=x.dtype, device=x.device)
+    step = max(1, min(o, _TAPS_ELEMS // (k * hw)))
+    out = torch.empty(n * ll, o, dtype=x.dtype, device=x.device)
     for im in range(n):
-        rows = slice(im * hw, (im + 1) * hw)
-        idx = index[rows] - im * 9 * hw  # rows of this image's buffer
+        rows = slice(im * ll, (im + 1) * ll)
+        idx = index[rows] - im * k * hw  # rows of this image's buffer
         for o0 in range(0, o, step):
             oc = min(step, o - o0)
-            taps = _workspace("taps", (hw, 9 * oc), x.dtype, x.device)
+            taps = _workspace("taps", (hw, k * oc), x.dtype, x.device)
             _tap_gemm(x, im, _tap_weight(weight, o0, oc), taps, threads)
             out[rows, o0 : o0 + oc] = _tap_gather(idx, vals[rows], taps, oc, threads)
     return out
 
 
-def _forward_columns(x: Tensor, geo: _Geometry, weight: Tensor, threads: _Threads) -> Tensor:
-    """Forward as sampled columns, then a GEMM (float16/bfloat16). Returns [N·H·W, O].
+def _weight_matrix(weight: Tensor) -> Tensor:
+    """``weight`` [O, C, kh, kw] as [O, K·C], column k·C + c (the columns' layout)."""
+    o, c = weight.shape[:2]
+    k = weight.shape[2] * weight.shape[3]
+    return weight.reshape(o, c, k).transpose(1, 2).reshape(o, k * c)
 
-    The sampling (an MKL CSR product) runs in float32 and the GEMM in x's dtype, so the sample
-    positions and bilinear weights keep float32 precision.
+
+def _forward_columns(x: Tensor, geo, weight: Tensor, threads: _Threads) -> Tensor:
+    """Forward as sampled columns, then a GEMM. Returns [N·L, O].
+
+    For float16/bfloat16, and for strided convs (fewer output than input locations), where
+    the tap GEMM of :func:`_forward_taps` would multiply every input location (4× the FLOPs of
+    a stride-2 conv). The sampling (an MKL CSR product) runs in float32 (float64 for float64)
+    and the GEMM in x's dtype, so the sample positions and read weights keep float32 precision.
     """
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     o = weight.shape[0]
-    hw = h * w
+    k, hw, ll, nnz = geo.taps, geo.in_hw, geo.out_hw, geo.nnz
     dev = x.device
     vals = geo.vals
-    wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)  # [O, 9C], columns k·C + c
-    xt = _to_hwc(x, torch.float32, threads)  # [N·HW, C]
-    out = torch.empty(n * hw, o, dtype=x.dtype, device=dev)
-    chunk = _chunk_len(hw, c)
-    crow, _ = _chunk_pattern(chunk, dev)
-    buf = _workspace("cols", (9 * chunk, c), torch.float32, dev)
-    buf_h = _workspace("cols_h", (chunk, 9 * c), x.dtype, dev)
+    wm = _weight_matrix(weight)  # [O, K·C]
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    sdt = torch.float32 if half else x.dtype  # dtype of the sampling
+    vals = vals.to(sdt)
+    xt = _to_hwc(x, sdt, threads)  # [N·HW, C]
+    out = torch.empty(n * ll, o, dtype=x.dtype, device=dev)
+    chunk = _chunk_len(ll, c, k)
+    crow, _ = _chunk_pattern(chunk, geo.tap_nnz, dev)
+    buf = _workspace("cols", (k * chunk, c), sdt, dev)
+    buf_h = _workspace("cols_h", (chunk, k * c), x.dtype, dev) if half else None
     for im in range(n):
         x_img = xt[im * hw : (im + 1) * hw]
-        for s in range(0, hw, chunk):
-            ln = min(chunk, hw - s)
-            g0 = im * hw + s
-            p0, p1 = g0 * _NNZ, (g0 + ln) * _NNZ
-            sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
-            with threads.sparse("spmm", _NNZ * ln * c):
-                cols = _spmm(sm, x_img, buf[: 9 * ln]).view(ln, 9 * c)  # [ln, 9C] float32
-            cols = buf_h[:ln].copy_(cols)
-            with threads.gemm(ln * 9 * c * o):
+        for s in range(0, ll, chunk):
+            ln = min(chunk, ll - s)
+            g0 = im * ll + s
+            p0, p1 = g0 * nnz, (g0 + ln) * nnz
+            sm = _csr(crow[: k * ln + 1], geo.cols[p0:p1], vals[p0:p1], (k * ln, hw))
+            with threads.sparse("spmm", nnz * ln * c):
+                cols = _spmm(sm, x_img, buf[: k * ln]).view(ln, k * c)  # [ln, K·C]
+            if half:
+                cols = buf_h[:ln].copy_(cols)
+            with threads.gemm(ln * k * c * o):
                 torch.mm(cols, wm.t(), out=out[g0 : g0 + ln])
     return out
 
 
-def _star_forward(x: Tensor, distances: Tensor, weight: Tensor, scratch: bool) -> tuple[Tensor, _Geometry]:
-    """Forward of the fast path: ``(out [N, O, H, W] channels-last, geometry)``.
-
-    ``scratch=True`` (no backward will follow) keeps the geometry in reused buffers.
-    """
-    n, c, h, w = x.shape
+def _tap_forward(x: Tensor, geo, weight: Tensor) -> Tensor:
+    """``out`` [N, O, H_out, W_out] (channels-last) of the sampled conv; float32 positions."""
+    n, c = x.shape[:2]
     o = weight.shape[0]
+    h_out, w_out = geo.out_shape
     threads = _Threads(x.device)
     with threads.serial():
-        # Sample positions in float32 (float64 for float64 inputs), also for 16-bit x.
-        pos_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        geo = _Geometry(distances, h, w, pos_dtype, scratch=scratch)
-        if n * h * w * o == 0 or c == 0:
-            out = torch.zeros(n * h * w, o, dtype=x.dtype, device=x.device)
-        elif x.dtype in (torch.float16, torch.bfloat16):
+        if n * geo.out_hw * o == 0 or c == 0:
+            out = torch.zeros(n * geo.out_hw, o, dtype=x.dtype, device=x.device)
+        elif x.dtype in (torch.float16, torch.bfloat16) or 2 * geo.out_hw < geo.in_hw:
             out = _forward_columns(x, geo, weight, threads)
         else:
             out = _forward_taps(x, geo, weight, threads)
-    return out.view(n, h, w, o).permute(0, 3, 1, 2), geo
+    return out.view(n, h_out, w_out, o).permute(0, 3, 1, 2)
 
 
-class _StarDeformConvFn(torch.autograd.Function):
-    """out = Σ_k W_k · sample_k(x); forward by :func:`_forward_taps` (or columns for 16-bit)."""
+def _tap_backward(ctx, grad_out: Tensor, need_x: bool, need_geo: bool, need_w: bool):
+    """Gradients ``(grad_x, dots, grad_w)`` of the sampled conv (see the module docstring).
+
+    ``ctx`` holds ``geo``, ``x_channels_last`` and the saved ``(x, weight)``. ``dots``
+    [N·L, nnz] = ∂L/∂(read weight), for the geometry's ``input_grad``.
+    """
+    x, weight = ctx.saved_tensors
+    geo = ctx.geo
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    k, hw, ll, nnz = geo.taps, geo.in_hw, geo.out_hw, geo.nnz
+    dt = x.dtype
+    half = dt in (torch.float16, torch.bfloat16)
+    sdt = torch.float32 if half else dt  # dtype of the sparse products
+    dev = x.device
+    threads = _Threads(dev)
+    with threads.serial():
+        vals = geo.vals.to(sdt)
+        wm = _weight_matrix(weight)  # [O, K·C]
+        xt = _to_hwc(x, sdt, threads)  # [N·HW, C]
+        go = _to_hwc(grad_out, dt, threads)  # [N·L, O]; a view for a channels-last grad
+        # The chunk loop writes every element of gx and dots (chunk 0 of each image overwrites
+        # gx with beta = 0, rows that no read reaches included), unless there is nothing to
+        # compute (C = 0 or O = 0).
+        work = c and o
+        alloc = torch.empty if work else torch.zeros
+        gx = alloc(n * hw, c, dtype=sdt, device=dev) if need_x else None
+        dots = alloc(n * ll * nnz, dtype=sdt, device=dev) if need_geo else None
+        gw = torch.zeros(o, k * c, dtype=sdt, device=dev) if need_w else None  # like wm
+        if n * ll and work:
+            chunk = _chunk_len(ll, max(c, o), k)
+            nch = -(-ll // chunk)
+            crow, rows_pat = _chunk_pattern(chunk, geo.tap_nnz, dev)
+            if need_x:
+                t_crow, t_rows, t_vals = _transposed_chunks(geo, vals, chunk)
+            gbuf = _workspace("grad_cols", (chunk, k * c), dt, dev)
+            gbuf_s = _workspace("grad_cols_s", (k * chunk, c), sdt, dev) if half else None
+            cbuf = _workspace("cols", (k * chunk, c), sdt, dev) if need_w else None
+            cbuf_h = _workspace("cols_h", (chunk, k * c), dt, dev) if need_w and half else None
+            for im in range(n):
+                x_img = xt[im * hw : (im + 1) * hw]
+                gx_img = gx[im * hw : (im + 1) * hw] if need_x else None
+                for j, s in enumerate(range(0, ll, chunk)):
+                    ln = min(chunk, ll - s)
+                    g0 = im * ll + s
+                    p0, p1 = g0 * nnz, (g0 + ln) * nnz
+                    go_c = go[g0 : g0 + ln]
+                    sm = _csr(crow[: k * ln + 1], geo.cols[p0:p1], vals[p0:p1], (k * ln, hw))
+                    if need_x or need_geo:
+                        with threads.gemm(ln * k * c * o):  # grad of the columns [ln, K·C]
+                            gc = torch.mm(go_c, wm, out=gbuf[:ln])
+                        if half:
+                            gc = gbuf_s[: k * ln].view(ln, k * c).copy_(gc)
+                        gc = gc.view(k * ln, c)
+                    if need_geo:  # dots[e] = <grad_cols[row(e)], x[col(e)]>
+                        with threads.sparse("sddmm", nnz * ln * c):
+                            dots[p0:p1] = _sddmm(sm, gc, x_img, rows_pat, geo.cols[p0:p1], k, nnz)
+                    if need_x:  # grad_x += Sᵀ · grad_cols
+                        st = _csr(t_crow[im * nch + j], t_rows[p0:p1], t_vals[p0:p1], (hw, k * ln))
+                        with threads.sparse("spmm_t", nnz * ln * c):
+                            torch.addmm(gx_img, st, gc, beta=1.0 if j else 0.0, out=gx_img)
+                    if need_w:  # grad_W += grad_outᵀ · cols, the columns recomputed
+                        with threads.sparse("spmm", nnz * ln * c):
+                            cols = _spmm(sm, x_img, cbuf[: k * ln]).view(ln, k * c)
+                        if half:  # bf16/fp16 GEMM, accumulated over the chunks in float32
+                            cols = cbuf_h[:ln].copy_(cols)
+                            go_t = go_c.t().contiguous()
+                            with threads.gemm(ln * k * c * o):
+                                gw.add_(torch.mm(go_t, cols))
+                        else:
+                            with threads.gemm(ln * k * c * o):
+                                gw.addmm_(go_c.t(), cols)
+
+        grad_x = grad_w = None
+        if need_x:
+            gx = gx.to(dt)
+            if ctx.x_channels_last:
+                grad_x = gx.view(n, h, w, c).permute(0, 3, 1, 2)
+            else:
+                # Hand back x's own (NCHW) layout: an elementwise backward that mixes layouts
+                # (e.g. the ReLU before this conv) costs more than this transpose.
+                with threads.sparse("copy", gx.numel()):
+                    grad_x = _rows_to_nchw(gx, n, c, h, w)
+        if dots is not None:
+            dots = dots.view(n * ll, nnz)
+        if need_w:
+            kh, kw = weight.shape[2:]
+            grad_w = gw.view(o, k, c).transpose(1, 2).to(dt).reshape(o, c, kh, kw)
+    return grad_x, dots, grad_w
+
+
+class _TapConvFn(torch.autograd.Function):
+    """out = Σ_k W_k · sample_k(x) for the geometry that ``make_geo(*geo_inputs)`` builds.
+
+    ``apply(make_geo, x, weight, *geo_inputs)``; backward returns the gradients of ``x``,
+    ``weight`` and, through ``geo.input_grad``, of every geometry input.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
-        out, geo = _star_forward(x, distances, weight, scratch=False)
+    def forward(ctx, make_geo: Callable, x: Tensor, weight: Tensor, *geo_inputs: Tensor) -> Tensor:
+        with _Threads(x.device).serial():  # the geometry's many small ops: calling thread only
+            geo = make_geo(*geo_inputs, scratch=False)
+        out = _tap_forward(x, geo, weight)
         geo.drop_tap_index()
         ctx.geo = geo
-        ctx.dist_dtype = distances.dtype
+        ctx.n_geo = len(geo_inputs)
         ctx.x_channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(x, weight)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, weight = ctx.saved_tensors
-        geo: _Geometry = ctx.geo
-        n, c, h, w = x.shape
-        o = weight.shape[0]
-        hw = h * w
-        need_x, need_d, need_w = ctx.needs_input_grad[:3]
-        dt = x.dtype
-        half = dt in (torch.float16, torch.bfloat16)
-        sdt = torch.float32 if half else dt  # dtype of the sparse products
-        dev = x.device
-        threads = _Threads(dev)
-        with threads.serial():
-            vals = geo.vals.to(sdt)
-            wm = weight.reshape(o, c, 9).transpose(1, 2).reshape(o, 9 * c)  # [O, 9C]
-            xt = _to_hwc(x, sdt, threads)  # [N·HW, C]
-            go = _to_hwc(grad_out, dt, threads)  # [N·HW, O]; a view for a channels-last grad
-            # The chunk loop writes every element of gx and dots (chunk 0 of each image
-            # overwrites gx with beta = 0), unless there is nothing to compute (C = 0 or O = 0).
-            alloc = torch.empty if c and o else torch.zeros
-            gx = alloc(n * hw, c, dtype=sdt, device=dev) if need_x else None
-            dots = alloc(n * hw * _NNZ, dtype=sdt, device=dev) if need_d else None
-            gw = torch.zeros(o, 9 * c, dtype=sdt, device=dev) if need_w else None  # like wm
-            if n * hw and c and o:
-                chunk = _chunk_len(hw, max(c, o))
-                nch = -(-hw // chunk)
-                crow, rows_pat = _chunk_pattern(chunk, dev)
-                if need_x:
-                    t_crow, t_rows, t_vals = _transposed_chunks(geo, vals, n, hw, chunk)
-                gbuf = _workspace("grad_cols", (chunk, 9 * c), dt, dev)
-                gbuf_s = _workspace("grad_cols_s", (9 * chunk, c), sdt, dev) if half else None
-                cbuf = _workspace("cols", (9 * chunk, c), sdt, dev) if need_w else None
-                cbuf_h = _workspace("cols_h", (chunk, 9 * c), dt, dev) if need_w and half else None
-                for im in range(n):
-                    x_img = xt[im * hw : (im + 1) * hw]
-                    gx_img = gx[im * hw : (im + 1) * hw] if need_x else None
-                    for j, s in enumerate(range(0, hw, chunk)):
-                        ln = min(chunk, hw - s)
-                        g0 = im * hw + s
-                        p0, p1 = g0 * _NNZ, (g0 + ln) * _NNZ
-                        go_c = go[g0 : g0 + ln]
-                        sm = _csr(crow[: 9 * ln + 1], geo.cols[p0:p1], vals[p0:p1], (9 * ln, hw))
-                        if need_x or need_d:
-                            with threads.gemm(ln * 9 * c * o):  # grad of the columns [ln, 9C]
-                                gc = torch.mm(go_c, wm, out=gbuf[:ln])
-                            if half:
-                                gc = gbuf_s[: 9 * ln].view(ln, 9 * c).copy_(gc)
-                            gc = gc.view(9 * ln, c)
-                        if need_d:  # dots[e] = <grad_cols[row(e)], x[col(e)]>
-                            with threads.sparse("sddmm", _NNZ * ln * c):
-                                dots[p0:p1] = _sddmm(sm, gc, x_img, rows_pat, geo.cols[p0:p1])
-                        if need_x:  # grad_x += Sᵀ · grad_cols
-                            st = _csr(t_crow[im * nch + j], t_rows[p0:p1], t_vals[p0:p1], (hw, 9 * ln))
-                            with threads.sparse("spmm_t", _NNZ * ln * c):
-                                torch.addmm(gx_img, st, gc, beta=1.0 if j else 0.0, out=gx_img)
-                        if need_w:  # grad_W += grad_outᵀ · cols, the columns recomputed
-                            with threads.sparse("spmm", _NNZ * ln * c):
-                                cols = _spmm(sm, x_img, cbuf[: 9 * ln]).view(ln, 9 * c)
-                            if half:  # bf16/fp16 GEMM, accumulated over the chunks in float32
-                                cols = cbuf_h[:ln].copy_(cols)
-                                go_t = go_c.t().contiguous()
-                                with threads.gemm(ln * 9 * c * o):
-                                    gw.add_(torch.mm(go_t, cols))
-                            else:
-                                with threads.gemm(ln * 9 * c * o):
-                                    gw.addmm_(go_c.t(), cols)
-
-            grad_x = grad_d = grad_w = None
-            if need_x:
-                gx = gx.to(dt)
-                if ctx.x_channels_last:
-                    grad_x = gx.view(n, h, w, c).permute(0, 3, 1, 2)
-                else:
-                    # Hand back x's own (NCHW) layout: an elementwise backward that mixes
-                    # layouts (e.g. the ReLU before this conv) costs more than this transpose.
-                    with threads.sparse("copy", gx.numel()):
-                        grad_x = _rows_to_nchw(gx, n, c, h, w)
-            if need_d:
-                grad_d = geo.distance_grad(dots.view(n * hw, _NNZ)).to(ctx.dist_dtype)
-            if need_w:
-                grad_w = gw.view(o, 9, c).transpose(1, 2).to(dt).reshape(o, c, 3, 3)
-        return grad_x, grad_d, grad_w
+        need = ctx.needs_input_grad
+        need_x, need_w, need_geo = need[1], need[2], any(need[3:])
+        grad_x, dots, grad_w = _tap_backward(ctx, grad_out, need_x, need_geo, need_w)
+        geo_grads = ctx.geo.input_grad(dots) if need_geo else (None,) * ctx.n_geo
+        geo_grads = tuple(g if need[3 + i] else None for i, g in enumerate(geo_grads))
+        return (None, grad_x, grad_w, *geo_grads)
 
 
-def _apply_fast(x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
-    if torch.is_grad_enabled() and (x.requires_grad or distances.requires_grad or weight.requires_grad):
-        return _StarDeformConvFn.apply(x, distances, weight)
-    return _star_forward(x, distances, weight, scratch=True)[0]  # inference: no autograd state
+def _apply_tap_conv(make_geo: Callable, x: Tensor, weight: Tensor, *geo_inputs: Tensor) -> Tensor:
+    """The sampled conv with autograd when anything needs a gradient, else without state."""
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or any(t.requires_grad for t in geo_inputs)
+    ):
+        return _TapConvFn.apply(make_geo, x, weight, *geo_inputs)
+    with _Threads(x.device).serial():
+        geo = make_geo(*geo_inputs, scratch=True)
+    return _tap_forward(x, geo, weight)  # inference: no autograd state

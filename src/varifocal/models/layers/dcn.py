@@ -1,4 +1,7 @@
-"""Modulated deformable convolution (DCNv2) on top of ``torchvision.ops.deform_conv2d``.
+"""Modulated deformable convolution (DCNv2) on top of :func:`.deform_conv.deform_conv2d`.
+
+The op is the project's generic deformable conv: the fast kernel on CPU (equal to
+``torchvision.ops.deform_conv2d`` to float rounding), torchvision's elsewhere.
 
 Implements spec §8.3: the layer owns a plain ``weight`` (and optionally ``bias``) plus a small
 regular convolution ``conv_offset`` that predicts, per output location, 2·k·k sampling offsets and
@@ -16,7 +19,8 @@ import math
 
 import torch
 import torch.nn as nn
-from torchvision.ops import deform_conv2d
+
+from .deform_conv import _IMPLS, deform_conv2d
 
 __all__ = ["ModulatedDeformConv2d"]
 
@@ -45,6 +49,8 @@ class ModulatedDeformConv2d(nn.Module):
         deform_groups: offset/mask groups; C_in must be divisible by it.
         bias: whether the main conv has a ``bias`` parameter (default False, as in mmcv's backbone
             and head DCNs).
+        impl: ``'auto'`` | ``'fast'`` | ``'torchvision'`` (:func:`.deform_conv.deform_conv2d`;
+            ``'auto'``: the fast CPU kernel for one group, torchvision's otherwise).
 
     Parameters / state_dict keys (exactly):
         ``weight`` [C_out, C_in/groups, kh, kw]; ``bias`` [C_out] only when ``bias=True``;
@@ -56,7 +62,8 @@ class ModulatedDeformConv2d(nn.Module):
     bias (mmcv behaves the same).
 
     Raises:
-        ValueError: when the channel counts are not divisible by ``groups`` / ``deform_groups``.
+        ValueError: when the channel counts are not divisible by ``groups`` / ``deform_groups``, or
+            on an unknown ``impl``.
     """
 
     def __init__(
@@ -70,8 +77,12 @@ class ModulatedDeformConv2d(nn.Module):
         groups: int = 1,
         deform_groups: int = 1,
         bias: bool = False,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        if impl not in _IMPLS:
+            raise ValueError(f"ModulatedDeformConv2d: impl must be one of {_IMPLS}, got {impl!r}")
+        self.impl = impl
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"ModulatedDeformConv2d: in_channels={in_channels} and out_channels={out_channels} "
@@ -174,6 +185,7 @@ class ModulatedDeformConv2d(nn.Module):
                 padding=self.padding,
                 dilation=self.dilation,
                 mask=mask.to(compute),
+                impl=self.impl,
             )
         return y.to(x.dtype)
 

@@ -19,7 +19,8 @@ Two implementations give the same numbers (to float rounding):
   bilinear weights come from two small per-location tables (:mod:`._star_geometry`). The
   float32/float64 forward is one GEMM ``x_hwc @ [W_0 … W_8]`` followed by a weighted gather of
   the 25 reads; the float16/bfloat16 forward and the backward use sparse sampling matrices and
-  GEMMs (:mod:`._star_kernels`). Thread counts and the reused per-thread scratch buffers are
+  GEMMs (:mod:`._tap_kernels`, the kernel it shares with the generic deformable conv of
+  :mod:`.deform_conv`). Thread counts and the reused per-thread scratch buffers are
   in :mod:`._cpu_threads` (see :func:`release_workspace`).
 
 ``impl='auto'`` picks ``'fast'`` on CPU and ``'torchvision'`` on other devices, where the
@@ -34,10 +35,10 @@ from torch import Tensor
 from torchvision.ops import deform_conv2d
 
 # Private helpers, re-exported for the tests and benchmarks/bench_star_conv.py. _TAPS_ELEMS is
-# a copy for reading: patch varifocal.models.layers._star_kernels._TAPS_ELEMS to change it.
+# a copy for reading: patch varifocal.models.layers._tap_kernels._TAPS_ELEMS to change it.
 from ._cpu_threads import _SparseThreadTuner, _Threads, _workspace, release_workspace  # noqa: F401
 from ._star_geometry import _Geometry  # noqa: F401
-from ._star_kernels import _TAPS_ELEMS, _apply_fast, _tap_gather, _tap_gemm, _tap_weight  # noqa: F401
+from ._tap_kernels import _TAPS_ELEMS, _apply_tap_conv, _tap_gather, _tap_gemm, _tap_weight  # noqa: F401
 
 __all__ = [
     "star_offsets",
@@ -209,6 +210,24 @@ def star_deform_conv2d(x: Tensor, distances: Tensor, weight: Tensor, impl: str =
     if weight.dtype != x.dtype:
         raise ValueError(f"star_deform_conv2d: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype")
     return _apply_fast(x, distances, weight)
+
+
+class _StarGeometryFactory:
+    """``make_geo(distances, scratch=...)`` of the shared kernel for an H×W map."""
+
+    def __init__(self, height: int, width: int, pos_dtype: torch.dtype) -> None:
+        self.height, self.width, self.pos_dtype = height, width, pos_dtype
+
+    def __call__(self, distances: Tensor, scratch: bool = False) -> _Geometry:
+        return _Geometry(distances, self.height, self.width, self.pos_dtype, scratch=scratch)
+
+
+def _apply_fast(x: Tensor, distances: Tensor, weight: Tensor) -> Tensor:
+    """The fast star conv: the star geometry on the shared tap kernel."""
+    # Sample positions in float32 (float64 for float64 inputs), also for 16-bit x.
+    pos_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    make_geo = _StarGeometryFactory(x.shape[2], x.shape[3], pos_dtype)
+    return _apply_tap_conv(make_geo, x, weight, distances)
 
 
 class StarDeformConv2d(nn.Module):
