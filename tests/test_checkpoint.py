@@ -113,6 +113,9 @@ def test_infer_model_name_from_keys():
         ("fovea_r50_fpn", 80),
         ("fovea_r101_fpn", 5),
         ("fovea_lite0_fpn", 3),
+        ("reppoints_moment_r50_fpn_gn", 80),
+        ("reppoints_moment_r101_fpn_gn", 4),
+        ("reppoints_moment_lite0_fpn", 3),
     ]:
         with torch.device("meta"):
             model = varifocal.build_model(name, num_classes=classes)
@@ -158,6 +161,31 @@ def test_legacy_fovea_predictor_names_load(tmp_path):
     info = convert_mmdet_checkpoint(src, tmp_path / "converted.pth")
     assert info["model_name"] == "fovea_lite0_fpn" and info["class_names"] == ["a", "b", "c"]
     assert "bbox_head.conv_cls.weight" in read_checkpoint(tmp_path / "converted.pth")["state_dict"]
+
+
+def test_reppoints_checkpoint_round_trip_and_refusals(tmp_path):
+    """An MMDetection-layout RepPoints file loads (``moment_transfer`` included) and converts by
+    name (zoo_spec §6.7); the minmax / grid variants (no ``moment_transfer``) and the non-GN R-50
+    layout are refused in one line."""
+    torch.manual_seed(0)
+    model = varifocal.build_model("reppoints_moment_lite0_fpn", num_classes=3)
+    with torch.no_grad():
+        model.bbox_head.moment_transfer.copy_(torch.tensor([0.25, -0.5]))
+    src = tmp_path / "reppoints.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {"CLASSES": ("a", "b", "c")}}, src)
+    fresh = varifocal.build_model("reppoints_moment_lite0_fpn", num_classes=3)
+    varifocal.load_checkpoint(fresh, src)
+    assert fresh.bbox_head.moment_transfer.detach().tolist() == [0.25, -0.5]
+    info = convert_mmdet_checkpoint(src, tmp_path / "converted.pth")
+    assert info["model_name"] == "reppoints_moment_lite0_fpn" and info["class_names"] == ["a", "b", "c"]
+    minmax = {k: v for k, v in model.state_dict().items() if k != "bbox_head.moment_transfer"}
+    with pytest.raises(ValueError, match="without bbox_head.moment_transfer"):
+        infer_model_name(minmax)
+    with torch.device("meta"):
+        plain = varifocal.build_model("reppoints_moment_r50_fpn_gn", num_classes=80, norm_groups=None)
+    assert "bbox_head.cls_convs.0.conv.bias" in plain.state_dict()
+    with pytest.raises(ValueError, match="zoo has no 'reppoints_moment_r50_fpn'"):
+        infer_model_name(plain.state_dict())
 
 
 def test_convert_mmdet_checkpoint(tmp_path):

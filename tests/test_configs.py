@@ -25,7 +25,10 @@ def test_config_loads_and_names_a_zoo_model(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["retinanet_lite0_bccd", "fcos_lite0_bccd", "atss_lite0_bccd", "fovea_lite0_bccd"])
+@pytest.mark.parametrize(
+    "name",
+    ["retinanet_lite0_bccd", "fcos_lite0_bccd", "atss_lite0_bccd", "fovea_lite0_bccd", "reppoints_moment_lite0_bccd"],
+)
 def test_bccd_recipe_trains_and_evaluates(tmp_path, name):
     ann = tiny_dataset(tmp_path, n=4)
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"

@@ -1,17 +1,19 @@
 """Print how far our detectors are from the MMDetection golden outputs (numbers quoted in README).
 
-Usage: .venv/bin/python tools/golden_report.py [--only vfnet|retinanet|fcos|atss|fovea] [VFNET_GOLDEN_DIR]
+Usage: .venv/bin/python tools/golden_report.py [--only vfnet|retinanet|fcos|atss|fovea|reppoints] [VFNET_GOLDEN_DIR]
 
-Default: all five. VFNet is checked against ``../shared/golden/vfnet_r50_coco80`` (or the
-positional directory); RetinaNet, FCOS, ATSS and FoveaBox against the zoo goldens
-``retinanet_r50_coco80``, ``fcos_r50_caffe_coco80``, ``atss_r50_coco80`` and ``fovea_r50_coco80``
-(format and tolerances: ``../shared/golden/README.md``). As in ``tests/golden``,
-``$VARIFOCAL_SHARED`` moves ``../shared``, ``$VARIFOCAL_GOLDEN_{RETINANET,FCOS,ATSS,FOVEA}`` the zoo goldens and ``$VARIFOCAL_GOLDEN_TRUNK`` the
+Default: all six. VFNet is checked against ``../shared/golden/vfnet_r50_coco80`` (or the
+positional directory); RetinaNet, FCOS, ATSS, FoveaBox and RepPoints against the zoo goldens
+``retinanet_r50_coco80``, ``fcos_r50_caffe_coco80``, ``atss_r50_coco80``, ``fovea_r50_coco80`` and
+``reppoints_moment_r50_coco80`` (format and tolerances: ``../shared/golden/README.md``). As in
+``tests/golden``, ``$VARIFOCAL_SHARED`` moves ``../shared``,
+``$VARIFOCAL_GOLDEN_{RETINANET,FCOS,ATSS,FOVEA,REPPOINTS}`` the zoo goldens and ``$VARIFOCAL_GOLDEN_TRUNK`` the
 checkpoint whose ``backbone.*`` a trunk-less zoo checkpoint takes (the golden README's trunk rule).
 
 Per zoo golden it prints: max |Δ| of the raw head outputs (RetinaNet: logit channels
 ``::cls_scores_channel_step``; FCOS distances as relative error), how many prior and assignment
-record entries differ, each loss term's relative error, the worst relative L2 error over
+record entries differ (RepPoints: both stages, and the refine proposals' max |Δ|), each loss
+term's relative error, the worst relative L2 error over
 ``golden['grads']`` and relative norm error over ``golden['grad_norms']``, and the detections.
 Exits with status 1 when a requested golden directory is absent or incomplete.
 """
@@ -40,6 +42,7 @@ ZOO = {
     "fcos": ("VARIFOCAL_GOLDEN_FCOS", "fcos_r50_caffe_coco80"),
     "atss": ("VARIFOCAL_GOLDEN_ATSS", "atss_r50_coco80"),
     "fovea": ("VARIFOCAL_GOLDEN_FOVEA", "fovea_r50_coco80"),
+    "reppoints": ("VARIFOCAL_GOLDEN_REPPOINTS", "reppoints_moment_r50_coco80"),
 }
 
 
@@ -96,6 +99,7 @@ def build_zoo_model(name: str, golden: dict[str, Any], directory: Path) -> nn.Mo
     from varifocal.models.detectors.atss import atss
     from varifocal.models.detectors.fcos import fcos
     from varifocal.models.detectors.fovea import fovea
+    from varifocal.models.detectors.reppoints import reppoints_moment
     from varifocal.models.detectors.retinanet import retinanet
 
     cfg = golden["test_cfg"]
@@ -116,7 +120,8 @@ def build_zoo_model(name: str, golden: dict[str, Any], directory: Path) -> nn.Mo
     if name == "fcos":
         pre = golden["data_preprocessor"]
         kwargs.update(mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    model = {"retinanet": retinanet, "fcos": fcos, "atss": atss, "fovea": fovea}[name](**kwargs)
+    builders = {"retinanet": retinanet, "fcos": fcos, "atss": atss, "fovea": fovea, "reppoints": reppoints_moment}
+    model = builders[name](**kwargs)
 
     ckpt = directory / "checkpoint.pth"
     if not any(k.startswith("backbone.") for k in read_checkpoint(ckpt)["state_dict"]):
@@ -164,6 +169,16 @@ def _raw_outputs(name: str, outs, golden: dict[str, Any]) -> list[str]:
     if name == "fovea":
         reg = max(_max_abs(b, r) for b, r in zip(outs.bbox_preds, golden["bbox_preds"], strict=True))
         return [f"max |logit diff|       {logit:.1e}", f"max |log-dist. diff|   {reg:.1e}"]
+    if name == "reppoints":
+        lines = [f"max |logit diff|       {logit:.1e}"]
+        for field, label in (
+            ("pts_init", "init points"),
+            ("pts_refine", "refined pts"),
+            ("bbox_preds_refine", "moment box"),
+        ):
+            err = max(_max_abs(b, r) for b, r in zip(getattr(outs, field), golden[field], strict=True))
+            lines.append(f"max |{label} diff|".ljust(23) + f"{err:.1e} (strides)")
+        return lines
     ctr = max(_max_abs(c, r) for c, r in zip(outs.centernesses, golden["centernesses"], strict=True))
     if name == "fcos":
         reg = max(_max_rel(b, r) for b, r in zip(outs.bbox_preds, golden["bbox_preds"], strict=True))
@@ -175,10 +190,10 @@ def _raw_outputs(name: str, outs, golden: dict[str, Any]) -> list[str]:
 
 
 def _priors(name: str, model: nn.Module, golden: dict[str, Any]) -> str:
-    """Our anchors (FCOS, FoveaBox: points) for the golden feature-map sizes against `golden["priors"]`."""
+    """Our anchors (FCOS, FoveaBox, RepPoints: points) for the golden feature-map sizes against `golden["priors"]`."""
     sizes = [tuple(int(v) for v in s) for s in golden["featmap_sizes"]]
     head = model.bbox_head
-    if name in ("fcos", "fovea"):
+    if name in ("fcos", "fovea", "reppoints"):
         ours = head.points(sizes)
     else:
         ours = (head.prior_generator if name == "retinanet" else head.anchor_generator).grid_anchors(sizes)
@@ -188,6 +203,37 @@ def _priors(name: str, model: nn.Module, golden: dict[str, Any]) -> str:
     worst = max(_max_abs(a, r) for a, r in zip(ours, refs))
     same = len(ours) == len(refs) and diff == 0
     return f"priors identical       {same} ({diff} of {total} entries differ, max |diff| {worst:.1e} px)"
+
+
+def _reppoints_assignment(model: nn.Module, golden: dict[str, Any], outs) -> str:
+    """Both RepPoints stages against ``assign_init`` / ``assign_refine``: differing entries per
+    field, summed over the images; the refine proposals' and max overlaps' max |Δ|."""
+    gt_labels = [lab.long() for lab in golden["gt_labels"]]
+    t = model.bbox_head.get_targets(outs.pts_init, golden["gt_bboxes"], gt_labels, golden["metas"])
+    counts: dict[str, int] = {}
+    floats = {"refine_proposals": 0.0, "max_overlaps": 0.0}
+    for stage in ("init", "refine"):
+        ours_stage = getattr(t, stage)
+        for i, ref in enumerate(golden[f"assign_{stage}"]):
+            inds = ours_stage.assigned_gt_inds[i]
+            ours = {
+                "assigned_gt_inds": inds,
+                "assigned_labels": torch.where(inds > 0, ours_stage.labels[i], -1),
+                "valid_flags": t.valid_flags[i],
+                "target_labels": ours_stage.labels[i],
+                "target_label_weights": ours_stage.label_weights[i] > 0,
+            }
+            for key, value in ours.items():
+                counts[f"{stage}.{key}"] = counts.get(f"{stage}.{key}", 0) + _n_diff(value, ref[key])
+            if stage == "refine":
+                for key, value in (
+                    ("refine_proposals", t.refine_proposals[i]),
+                    ("max_overlaps", ours_stage.max_overlaps[i]),
+                ):
+                    floats[key] = max(floats[key], _max_abs(value, ref[key].detach()))
+    same = all(n == 0 for n in counts.values())
+    parts = [f"{k} {n}" for k, n in counts.items()] + [f"{k} max |diff| {v:.1e}" for k, v in floats.items()]
+    return f"assignment identical   {same} (differing entries: {', '.join(parts)})"
 
 
 def _assignment(name: str, model: nn.Module, golden: dict[str, Any]) -> str:
@@ -249,7 +295,7 @@ def report_zoo(name: str, directory: Path) -> None:
     for line in _raw_outputs(name, outs, g):
         print(line)
     print(_priors(name, model, g))
-    print(_assignment(name, model, g))
+    print(_reppoints_assignment(model, g, outs) if name == "reppoints" else _assignment(name, model, g))
 
     model.train()
     losses = model.loss(x, g["metas"], g["gt_bboxes"], [lab.long() for lab in g["gt_labels"]])
@@ -288,7 +334,7 @@ def report_zoo(name: str, directory: Path) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["vfnet", *ZOO], help="report one golden (default: all five)")
+    parser.add_argument("--only", choices=["vfnet", *ZOO], help="report one golden (default: all six)")
     parser.add_argument("vfnet_dir", nargs="?", type=Path, default=GOLDEN / "vfnet_r50_coco80", help="VFNet golden")
     args = parser.parse_args(argv)
     names = [args.only] if args.only else ["vfnet", *ZOO]

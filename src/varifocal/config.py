@@ -60,7 +60,8 @@ class ModelConfig:
         test_scale: ``(long_edge, short_edge)`` of the test-time keep-ratio resize (spec §6.1).
         load_from: optional checkpoint (varifocal or MMDetection) to initialise all weights from.
         use_vfl: classification loss of the head: ``True`` Varifocal Loss, ``False`` focal loss,
-            ``None`` the detector's default (VFL for VFNet, FL for RetinaNet/FCOS/ATSS/FoveaBox).
+            ``None`` the detector's default (VFL for VFNet, FL for RetinaNet/FCOS/ATSS/FoveaBox/
+            RepPoints).
     """
 
     name: str = "vfnet_lite0_fpn"
@@ -231,7 +232,7 @@ class TrainConfig:
 class EvalConfig:
     """Inference settings (spec §5). ``null`` keeps the detector's own test setting (its
     MMDetection ``test_cfg``: score 0.05, 1000 per level, 100 per image; NMS 0.6 for VFNet and
-    ATSS, 0.5 for RetinaNet, FCOS and FoveaBox).
+    ATSS, 0.5 for RetinaNet, FCOS, FoveaBox and RepPoints).
 
     Attributes:
         score_thr: keep (box, class) pairs with score strictly above this.

@@ -133,7 +133,15 @@ def test_dcn_model_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn", "fovea_lite0_fpn", "vfnet_lite0_fpn"]
+    "name",
+    [
+        "retinanet_lite0_fpn",
+        "fcos_lite0_fpn",
+        "atss_lite0_fpn",
+        "fovea_lite0_fpn",
+        "reppoints_moment_lite0_fpn",
+        "vfnet_lite0_fpn",
+    ],
 )
 def test_other_detectors_parity(name, tmp_path):
     """Random-head detectors at 128×96. The head convs are re-drawn wider so that scores spread,
@@ -148,3 +156,29 @@ def test_other_detectors_parity(name, tmp_path):
     export_onnx(model, path, input_size=(128, 96), dynamic=True)
     batch = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))
     _assert_parity(_eager(model, batch), OnnxDetector(path, threads=1)(batch.numpy()), min_dets=20, near_ties=True)
+
+
+def test_reppoints_deformconv_mode_parity(tmp_path):
+    """RepPoints' two free-offset DCNs as ONNX ``DeformConv`` nodes (the default mode writes
+    GridSample taps, covered above); one 128×96 batch of two images."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = build_model("reppoints_moment_lite0_fpn", num_classes=3, scale=(128, 96), test_cfg={"score_thr": 0.0})
+    model.eval()
+    for m in model.bbox_head.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.05)
+    path = tmp_path / "reppoints_deformconv.onnx"
+    export_onnx(model, path, input_size=(128, 96), deform="deformconv", dynamic=True)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("DeformConv") == 2 * 5 and "GridSample" not in ops  # 2 DCNs × 5 levels
+    batch = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    _assert_parity(_eager(model, batch), OnnxDetector(path, threads=1)(batch.numpy()), min_dets=20, near_ties=True)
+
+
+def test_reppoints_other_dcn_kernels_are_refused(tmp_path):
+    model = build_model("reppoints_moment_lite0_fpn", num_classes=2, num_points=25).eval()
+    with pytest.raises(ValueError, match=r"cannot export the deformable conv bbox_head.reppoints_cls_conv: only 3x3"):
+        export_onnx(model, tmp_path / "rp25.onnx", input_size=(64, 64))
+    assert not (tmp_path / "rp25.onnx").exists()

@@ -131,3 +131,24 @@ def test_bad_arguments():
         FPN([8, 8, 8], 8, num_outs=2)
     with pytest.raises(ValueError, match="expected 2 input"):
         FPN([2, 2], 2, num_outs=2)([torch.zeros(1, 2, 4, 4)])
+
+
+def test_group_norm_variant_keys_and_normalised_outputs():
+    """RepPoints' FPN (zoo_spec §1.3, §6.7): every conv without bias → GN; with GN weight 1 /
+    bias 0 each output level has zero mean and unit variance per group (no activation after)."""
+    torch.manual_seed(0)
+    fpn = FPN([3, 5, 7], 8, num_outs=5, add_extra_convs="on_input", relu_before_extra_convs=False, norm_groups=2)
+    keys = set(fpn.state_dict())
+    assert "lateral_convs.0.conv.bias" not in keys and "fpn_convs.4.conv.bias" not in keys
+    assert {"lateral_convs.2.gn.weight", "fpn_convs.3.gn.bias"} <= keys and len(keys) == 3 * 3 + 5 * 3
+    assert fpn.fpn_convs[3].conv.weight.shape == (8, 7, 3, 3)  # P6 from C5
+    feats = [torch.randn(1, 3, 16, 16), torch.randn(1, 5, 8, 8), torch.randn(1, 7, 4, 4)]
+    with torch.no_grad():
+        outs = fpn(feats)
+    for out in outs:
+        groups = out.reshape(1, 2, -1)
+        assert torch.allclose(groups.mean(-1), torch.zeros(1, 2), atol=1e-5)
+        assert torch.allclose(groups.var(-1, unbiased=False), torch.ones(1, 2), atol=1e-3)
+    assert float(outs[3].min()) < 0  # no ReLU anywhere
+    with pytest.raises(ValueError, match="not divisible by norm_groups"):
+        FPN([3], 6, num_outs=1, norm_groups=4)

@@ -164,8 +164,17 @@ def test_list_and_unknown_model():
         "atss_r101_fpn",
         "fovea_r50_fpn",
         "fovea_r101_fpn",
+        "reppoints_moment_r50_fpn_gn",
+        "reppoints_moment_r101_fpn_gn",
     }
-    lite = {"vfnet_lite0_fpn", "retinanet_lite0_fpn", "fcos_lite0_fpn", "atss_lite0_fpn", "fovea_lite0_fpn"}
+    lite = {
+        "vfnet_lite0_fpn",
+        "retinanet_lite0_fpn",
+        "fcos_lite0_fpn",
+        "atss_lite0_fpn",
+        "fovea_lite0_fpn",
+        "reppoints_moment_lite0_fpn",
+    }
     refinedet = {f"refinedet{size}_{trunk}" for size in (320, 512) for trunk in ("vgg16", "r101", "lite0")}
     assert set(ZOO) | zoo | lite | refinedet == set(names) and names == sorted(names)
     with pytest.raises(ValueError, match="did you mean vfnet_r50_fpn"):

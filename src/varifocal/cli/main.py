@@ -58,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="varifocal",
-        description="IoU-aware detection (VFNet, RetinaNet, FCOS, ATSS, FoveaBox): train, evaluate, predict.",
+        description="IoU-aware detection (VFNet, RetinaNet, FCOS, ATSS, FoveaBox, RepPoints): train, evaluate, predict.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "convert",
-        help="MMDetection checkpoint (VFNet, RetinaNet, FCOS, ATSS, FoveaBox) → varifocal format, or a varifocal "
+        help="MMDetection checkpoint (VFNet, RetinaNet, FCOS, ATSS, FoveaBox, RepPoints) → varifocal format, or a varifocal "
         "training checkpoint → inference-only weights",
     )
     p.add_argument("src", help="MMDetection or varifocal checkpoint (.pth)")

@@ -16,7 +16,9 @@ with ``K = test_cfg.max_per_img``. The post-processing is the MMDetection 3.x pr
    padded with ``nms_pre`` entries of −1, so ``k`` is a constant also for a dynamic input size);
    a pair is a candidate when its probability is ``> score_thr`` (eager: threshold, then top-k);
 2. decode with the head's own box coder / ``distance2bbox`` at in-graph priors (FoveaBox: the
-   distances ``B_l · exp(t)`` of its log-space outputs), clip;
+   distances ``B_l · exp(t)`` of its log-space outputs; RepPoints: the moment box ``(x1, y1, x2,
+   y2)·s`` of the refined points as the distances ``(−x1·s, −y1·s, x2·s, y2·s)`` at points of
+   offset 0, zoo_spec §6.5), clip;
 3. score = probability × score factor (FCOS/ATSS centerness); size filter on w, h;
 4. class-aware NMS with ONNX ``NonMaxSuppression`` (per class, IoU > ``nms_iou`` suppresses, at
    most ``max_per_img`` kept per class), then the top ``max_per_img`` over all classes.
@@ -45,6 +47,7 @@ from torchvision.ops import nms
 from ..models.heads.atss_head import ATSSHead
 from ..models.heads.fcos_head import FCOSHead
 from ..models.heads.fovea_head import FoveaHead
+from ..models.heads.reppoints_head import RepPointsHead
 from ..models.heads.retina_head import RetinaHead
 from ..models.heads.vfnet_head import VFNetHead
 from ..models.postprocess import TestConfig
@@ -52,8 +55,8 @@ from ..structures.boxes import distance2bbox
 
 __all__ = ["SUPPORTED_HEADS", "DetectionGraph", "MultiClassNMS", "to_image_detections"]
 
-#: heads the graph supports (all five dense detectors of the zoo)
-SUPPORTED_HEADS = (VFNetHead, RetinaHead, FCOSHead, ATSSHead, FoveaHead)
+#: heads the graph supports (all six dense detectors of the zoo)
+SUPPORTED_HEADS = (VFNetHead, RetinaHead, FCOSHead, ATSSHead, FoveaHead, RepPointsHead)
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 
@@ -102,8 +105,8 @@ class DetectionGraph(nn.Module):
 
     Args:
         detector: a :class:`~varifocal.models.detectors.single_stage.SingleStageDetector` with a
-            VFNet, RetinaNet, FCOS, ATSS or FoveaBox head, in eval mode (its star convs already replaced
-            for export, see :mod:`.star_conv`).
+            VFNet, RetinaNet, FCOS, ATSS, FoveaBox or RepPoints head, in eval mode (its star convs and
+            deformable convs already replaced for export, see :mod:`.star_conv`, :mod:`.deform_export`).
         cfg: the head's test settings (``'mmdet3'`` procedure).
 
     Raises:
@@ -115,7 +118,8 @@ class DetectionGraph(nn.Module):
         head = detector.bbox_head
         if not isinstance(head, SUPPORTED_HEADS):
             raise ValueError(
-                f"cannot export a {type(head).__name__}; supported: VFNet, RetinaNet, FCOS, ATSS, FoveaBox heads"
+                f"cannot export a {type(head).__name__}; supported: VFNet, RetinaNet, FCOS, ATSS, FoveaBox, RepPoints "
+                "heads"
             )
         if cfg.postprocess != "mmdet3":
             raise ValueError("only test_cfg.postprocess='mmdet3' can be exported (the 'mmdet2' order is not written)")
@@ -134,9 +138,9 @@ class DetectionGraph(nn.Module):
             return x.float().permute(0, 2, 3, 1).reshape(x.shape[0], -1, ch)
 
         levels = []
-        if isinstance(head, (VFNetHead, FCOSHead, FoveaHead)):
-            preds = outs.bbox_preds_refine if isinstance(head, VFNetHead) else outs.bbox_preds
-            offset = 0.0 if isinstance(head, VFNetHead) else 0.5
+        if isinstance(head, (VFNetHead, FCOSHead, FoveaHead, RepPointsHead)):
+            preds = outs.bbox_preds_refine if isinstance(head, (VFNetHead, RepPointsHead)) else outs.bbox_preds
+            offset = 0.0 if isinstance(head, (VFNetHead, RepPointsHead)) else 0.5
             for lvl, cls in enumerate(outs.cls_scores):
                 xs, ys = _grid(cls, head.strides[lvl], offset)
                 factor = None
@@ -145,6 +149,9 @@ class DetectionGraph(nn.Module):
                 dist = flat(preds[lvl], 4)
                 if isinstance(head, FoveaHead):  # log-space → pixels, as FoveaHead.decode_boxes
                     dist = head.base_edge_list[lvl] * dist.exp()
+                elif isinstance(head, RepPointsHead):  # moment box in strides → (l, t, r, b) pixels
+                    box = dist * head.strides[lvl]
+                    dist = torch.cat([-box[..., :2], box[..., 2:]], dim=-1)
                 levels.append((flat(cls, c).sigmoid(), dist, factor, torch.stack([xs, ys], -1)))
             return levels
         generator = head.prior_generator if isinstance(head, RetinaHead) else head.anchor_generator
@@ -159,7 +166,7 @@ class DetectionGraph(nn.Module):
 
     def _decode(self, priors: Tensor, preds: Tensor) -> Tensor:
         head = self.detector.bbox_head
-        if isinstance(head, (VFNetHead, FCOSHead, FoveaHead)):
+        if isinstance(head, (VFNetHead, FCOSHead, FoveaHead, RepPointsHead)):
             return distance2bbox(priors, preds)
         return head.bbox_coder.decode(priors, preds)
 

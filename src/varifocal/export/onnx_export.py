@@ -30,8 +30,10 @@ from torch import nn
 from .. import __version__
 from ..models.backbones.efficientnet_lite import _Conv2dSame
 from ..models.layers.dcn import ModulatedDeformConv2d
+from ..models.layers.deform_conv import DeformConv2d
 from ..models.layers.star_deform_conv import StarDeformConv2d
 from ..utils.io import atomic_write
+from .deform_export import ExportDeformConv2d
 from .graph import OUTPUT_NAMES, DetectionGraph
 from .star_conv import DEFORM_MODES, ExportStarDeformConv2d
 
@@ -82,11 +84,24 @@ class _StaticSamePadConv(nn.Module):
         return torch.nn.functional.conv2d(x, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
 
 
+def _exportable_deform_conv(name: str, conv: DeformConv2d) -> None:
+    """Refuse a free-offset ``DeformConv2d`` other than 3×3 / stride 1 / padding 1 / dilation 1, one
+    group, no bias (the RepPoints layers are exactly that)."""
+    layout = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias is None)
+    if layout != ((3, 3), (1, 1), (1, 1), (1, 1), 1, True):
+        raise ValueError(
+            f"cannot export the deformable conv {name}: only 3x3, stride 1, padding 1, dilation 1, one group, "
+            "no bias is exportable"
+        )
+
+
 def _export_copy(model: nn.Module, deform: str) -> nn.Module:
-    """An eval-mode deep copy of ``model`` with every star conv (and TF-"SAME" conv) replaced for export.
+    """An eval-mode deep copy of ``model`` with every star conv, free-offset deformable conv
+    (RepPoints) and TF-"SAME" conv replaced for export.
 
     Raises:
-        ValueError: the model has DCNv2 layers (``*_dcn`` backbones, ``dcn_on_last_conv``).
+        ValueError: the model has DCNv2 layers (``*_dcn`` backbones, ``dcn_on_last_conv``) or a
+            deformable conv of another layout than RepPoints' 3×3.
     """
     dcn = [name for name, m in model.named_modules() if isinstance(m, ModulatedDeformConv2d)]
     if dcn:
@@ -94,11 +109,16 @@ def _export_copy(model: nn.Module, deform: str) -> nn.Module:
             f"cannot export DCNv2 layers ({dcn[0]}, {len(dcn)} in all): only the VFNet star conv is exportable; "
             "use a model without a *_dcn backbone or dcn_on_last_conv"
         )
+    for name, m in model.named_modules():
+        if isinstance(m, DeformConv2d):
+            _exportable_deform_conv(name, m)
     clone = copy.deepcopy(model).eval().float()
     for module in list(clone.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, StarDeformConv2d):
                 setattr(module, child_name, ExportStarDeformConv2d(child.weight, deform))
+            elif isinstance(child, DeformConv2d):
+                setattr(module, child_name, ExportDeformConv2d(child.weight, deform))
             elif isinstance(child, _Conv2dSame):
                 setattr(module, child_name, _StaticSamePadConv(child))
     return clone
@@ -142,13 +162,13 @@ def export_onnx(
     """Write ``model`` (a zoo single-stage detector) as an ONNX detection graph (issue 14).
 
     Args:
-        model: VFNet, RetinaNet, FCOS, ATSS or FoveaBox (``SingleStageDetector``); not modified (a copy is
-            exported). Its ``bbox_head.test_cfg`` sets the post-processing.
+        model: VFNet, RetinaNet, FCOS, ATSS, FoveaBox or RepPoints (``SingleStageDetector``); not modified
+            (a copy is exported). Its ``bbox_head.test_cfg`` sets the post-processing.
         path: output ``.onnx`` file, written atomically.
         input_size: ``(width, height)`` of the traced batch, pixels; both multiples of the
             preprocessor's ``size_divisor``. Without ``dynamic`` the graph accepts only this size.
-        deform: star conv as ``'portable'`` (GridSample + conv, any runtime) or ``'deformconv'``
-            (ONNX DeformConv, opset ≥ 19).
+        deform: star conv (and RepPoints' deformable convs) as ``'portable'`` (GridSample + conv, any
+            runtime) or ``'deformconv'`` (ONNX DeformConv, opset ≥ 19).
         opset: ONNX opset (default 19; portable ≥ 16, deformconv ≥ 19, ≤ 20).
         dynamic: symbolic batch size, height and width.
         precision: ``'fp32'`` (fp16/bf16 raise ValueError "not supported").

@@ -17,6 +17,7 @@ from .detectors import atss as _atss
 from .detectors import fcos as _fcos
 from .detectors import fovea as _fovea
 from .detectors import refinedet as _refinedet
+from .detectors import reppoints as _reppoints
 from .detectors import retinanet as _retinanet
 from .detectors import vfnet as _vfnet
 
@@ -55,6 +56,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "atss_lite0_fpn": _atss.atss_lite0_fpn,
     **_family(_fovea.fovea, _fovea.VARIANTS),
     "fovea_lite0_fpn": _fovea.fovea_lite0_fpn,
+    **_family(_reppoints.reppoints_moment, _reppoints.VARIANTS),
+    "reppoints_moment_lite0_fpn": _reppoints.reppoints_moment_lite0_fpn,
     **_family(_refinedet.refinedet, _refinedet.VARIANTS),
 }
 
@@ -108,7 +111,9 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
     Recognised heads: ``vfnet_cls`` (VFNet), ``retina_cls`` (RetinaNet; A = 9 anchors),
     ``atss_cls`` (ATSS), ``conv_centerness``/``fcos_centerness`` (FCOS; the "tricks" variant has
     tower conv biases), ``conv_cls``/``fovea_cls`` without a centerness branch (FoveaBox; the
-    legacy ``fovea_*`` names of pre-2020 zoo files, zoo_spec §1.18). FCOS checkpoints with a
+    legacy ``fovea_*`` names of pre-2020 zoo files, zoo_spec §1.18), ``reppoints_cls_out``
+    (RepPoints; the moment transform's ``moment_transfer`` must be present, and ``_gn`` is
+    added when the neck has GroupNorm keys, zoo_spec §6.7). FCOS checkpoints with a
     plain ResNet trunk are taken as the caffe-style zoo model (the style cannot be read from
     the keys, zoo_spec §1.2). ``odm_conf`` is RefineDet (trunk from ``fc7`` / ``_conv_stem``
     keys; always the 320 variant: the size is not in the weights, varifocal checkpoints carry
@@ -143,6 +148,13 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
             "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fcos_cls.weight"
         )
         family, num_classes = "fcos", shape0(cls_key)
+    elif "bbox_head.reppoints_cls_out.weight" in state_dict:
+        if "bbox_head.moment_transfer" not in state_dict:
+            raise ValueError(
+                "a RepPoints checkpoint without bbox_head.moment_transfer (minmax / grid-points variant): "
+                "only the moment transform is built"
+            )
+        family, num_classes = "reppoints_moment", shape0("bbox_head.reppoints_cls_out.weight")
     elif "bbox_head.conv_cls.weight" in state_dict or "bbox_head.fovea_cls.weight" in state_dict:
         cls_key = (
             "bbox_head.conv_cls.weight" if "bbox_head.conv_cls.weight" in state_dict else "bbox_head.fovea_cls.weight"
@@ -161,6 +173,8 @@ def infer_model_name(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, A
         tricks = "bbox_head.cls_convs.0.conv.bias" in state_dict
         name = f"fcos_{trunk}_fpn_gn_head" if trunk.startswith("x") else f"fcos_{trunk}_caffe_fpn_gn_head"
         name += "_tricks" if tricks else ""
+    elif family == "reppoints_moment":
+        name = f"{family}_{trunk}_fpn" + ("_gn" if "neck.lateral_convs.0.gn.weight" in state_dict else "")
     else:
         name = f"{family}_{trunk}_fpn"
     if name not in _BUILDERS:

@@ -24,6 +24,7 @@ def lite0_detector(
     fpn_channels: int = 128,
     add_extra_convs: str = "on_output",
     relu_before_extra_convs: bool = True,
+    fpn_norm_groups: int | None = None,
 ) -> SingleStageDetector:
     """EfficientNet-Lite0 → FPN (C3-C5 taps, 5 levels) → ``head(fpn_channels)``.
 
@@ -36,6 +37,8 @@ def lite0_detector(
         fpn_channels: channels of every FPN level.
         add_extra_convs, relu_before_extra_convs: the FPN's extra levels, as the family's ResNet
             models build them (see :class:`FPN`).
+        fpn_norm_groups: GroupNorm groups of every FPN conv (no conv bias then), or ``None``
+            (plain convs with bias); RepPoints uses 32 (see :class:`FPN`).
     """
     backbone = efficientnet_lite0(pretrained=pretrained_backbone)
     neck = FPN(
@@ -44,5 +47,6 @@ def lite0_detector(
         num_outs=5,
         add_extra_convs=add_extra_convs,
         relu_before_extra_convs=relu_before_extra_convs,
+        norm_groups=fpn_norm_groups,
     )
     return SingleStageDetector(backbone, neck, head(fpn_channels), Preprocessor(scale, IMAGENET_MEAN, IMAGENET_STD, 32))

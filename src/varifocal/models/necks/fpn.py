@@ -1,8 +1,10 @@
-"""Feature Pyramid Network producing P3-P7 (spec §1.2, §8.2, §10 item 16).
+"""Feature Pyramid Network producing P3-P7 (spec §1.2, §8.2, §10 item 16; zoo_spec §1.3).
 
 State-dict keys: ``lateral_convs.{i}.conv.{weight,bias}`` (1×1) and
 ``fpn_convs.{i}.conv.{weight,bias}`` (3×3; indices ≥ len(in_channels) are the extra convs), i.e.
-the ``neck.*`` keys of the official VFNet checkpoint once prefixed with ``neck.``.
+the ``neck.*`` keys of the official VFNet checkpoint once prefixed with ``neck.``. With a
+GroupNorm (RepPoints' ``norm_cfg=GN(32)``, zoo_spec §1.3 RepPoints row) every conv loses its
+bias and gains ``….gn.{weight,bias}``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ _EXTRA_MODES = ("on_input", "on_lateral", "on_output", "none")
 
 
 class _ConvHolder(nn.Module):
-    """Holds one ``nn.Conv2d`` as ``.conv`` so the keys read ``….conv.weight`` (spec §8.2)."""
+    """Holds one ``nn.Conv2d`` as ``.conv`` so the keys read ``….conv.weight`` (spec §8.2); with
+    ``num_groups`` the conv has no bias and is followed by ``.gn`` (GroupNorm, eps 1e-5, no
+    activation: MMDetection's FPN ConvModule with ``act_cfg=None``)."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, num_groups: int | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=True)
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=num_groups is None)
+        self.gn = nn.GroupNorm(num_groups, cout, eps=1e-5) if num_groups is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        x = self.conv(x)
+        return self.gn(x) if self.gn is not None else x
 
 
 class FPN(nn.Module):
@@ -46,18 +52,23 @@ class FPN(nn.Module):
             ``'on_output'``/``'none'``.
         relu_before_extra_convs: apply ReLU to the input of the 2nd, 3rd, … extra conv
             (P7 = conv(ReLU(P6))). The first extra conv never gets a ReLU.
+        norm_groups: ``None`` (default): plain convs with bias. An int G: every lateral, output
+            and extra conv is conv (no bias) → GroupNorm(G) (RepPoints GN, zoo_spec §1.3, §6.7);
+            ``out_channels`` must be divisible by G.
 
     Layers: ``lateral_convs[i]`` 1×1 in_channels[i]→out (bias); ``fpn_convs[i]`` 3×3/1 out→out
     (bias) for i < len(in_channels), then 3×3/2 extra convs (in = in_channels[-1] for the first
-    one with 'on_input', else out). No norm, no activation. Xavier-uniform weights, zero bias.
+    one with 'on_input', else out). No norm (unless ``norm_groups``), no activation.
+    Xavier-uniform weights, zero bias.
 
     forward(inputs): list of [N, in_channels[i], H_i, W_i] -> tuple of ``num_outs`` tensors
     [N, out_channels, H'_j, W'_j]; the extra sizes are ceil(prev / 2) (for an 800×1216 input
     with strides 8..32: 100×152, 50×76, 25×38, 13×19, 7×10).
 
     Raises:
-        ValueError: bad add_extra_convs, num_outs < len(in_channels), empty in_channels, or a
-            forward with the wrong number of inputs.
+        ValueError: bad add_extra_convs, num_outs < len(in_channels), empty in_channels,
+            ``out_channels`` not divisible by ``norm_groups``, or a forward with the wrong number
+            of inputs.
     """
 
     def __init__(
@@ -67,6 +78,7 @@ class FPN(nn.Module):
         num_outs: int = 5,
         add_extra_convs: str | bool = "on_output",
         relu_before_extra_convs: bool = True,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__()
         if add_extra_convs is True:
@@ -80,27 +92,35 @@ class FPN(nn.Module):
             raise ValueError("FPN: in_channels is empty")
         if num_outs < len(in_channels):
             raise ValueError(f"FPN: num_outs={num_outs} < number of inputs {len(in_channels)}")
+        if norm_groups is not None and (int(norm_groups) < 1 or out_channels % int(norm_groups)):
+            raise ValueError(f"FPN: out_channels={out_channels} is not divisible by norm_groups={norm_groups}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_outs = num_outs
         self.add_extra_convs = add_extra_convs
         self.relu_before_extra_convs = relu_before_extra_convs
+        self.norm_groups = None if norm_groups is None else int(norm_groups)
 
-        n = len(in_channels)
-        self.lateral_convs = nn.ModuleList(_ConvHolder(c, out_channels, 1) for c in in_channels)
-        convs = [_ConvHolder(out_channels, out_channels, 3) for _ in range(n)]
+        n, g = len(in_channels), self.norm_groups
+        self.lateral_convs = nn.ModuleList(_ConvHolder(c, out_channels, 1, num_groups=g) for c in in_channels)
+        convs = [_ConvHolder(out_channels, out_channels, 3, num_groups=g) for _ in range(n)]
         if add_extra_convs != "none":
             for j in range(num_outs - n):
                 cin = in_channels[-1] if (j == 0 and add_extra_convs == "on_input") else out_channels
-                convs.append(_ConvHolder(cin, out_channels, 3, stride=2))
+                convs.append(_ConvHolder(cin, out_channels, 3, stride=2, num_groups=g))
         self.fpn_convs = nn.ModuleList(convs)
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Xavier-uniform (gain 1) on every conv weight, bias 0 (spec §1.2)."""
+        """Xavier-uniform (gain 1) on every conv weight, bias 0 (spec §1.2); GroupNorm weight 1,
+        bias 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
